@@ -1,0 +1,1 @@
+"""The HTTP front end: a lean byte relay parsed by httptools (architecture.md, decision 1)."""

@@ -1,0 +1,31 @@
+"""Error pages the front end answers with itself (502, 503, 400, ...)."""
+
+from __future__ import annotations
+
+import html
+
+REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def error_response(status: int, title: str, detail: str, keep_alive: bool) -> bytes:
+    """A complete HTTP/1.1 response with a small HTML page."""
+    body = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\n"
+        "<body><h1>{code} {title}</h1>\n<p>{detail}</p>\n<hr><p>passenger</p></body></html>\n"
+    ).format(code=status, title=html.escape(title), detail=html.escape(detail)).encode("utf-8")
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, title)}\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Cache-Control: no-cache, no-store, must-revalidate\r\n"
+        + ("" if keep_alive else "Connection: close\r\n")
+        + "\r\n"
+    ).encode("ascii")
+    return head + body

@@ -1,0 +1,499 @@
+"""The client side of the relay: one protocol per client connection.
+
+Requests are parsed with httptools (llhttp), their head is rebuilt once with
+the hop-by-hop and forwarding headers replaced, and their body streams to the
+app process as it arrives.  Requests on one connection are served in order:
+a pipelined request waits, parsed and buffered, until the one before it is
+answered, and reading from the client pauses meanwhile.
+
+Back-pressure runs both ways: the app connection pauses this client's reads
+when it cannot take more body, and the client connection pauses the app
+connection's reads when the client is slow to take the response.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from passenger.http.errors import error_response
+from passenger.http.headers import REQUEST_DROPPED, connection_tokens
+from passenger.http.upstream import UpstreamConnection, UpstreamFactory
+
+if TYPE_CHECKING:
+    from passenger.pool.group import Group
+    from passenger.pool.process import AppProcess
+
+# Why reading from the client is paused (a bit each).
+PAUSED_PIPELINE = 1  # a later request is parsed and waits for the current one
+PAUSED_UPSTREAM = 2  # the app connection's write buffer is full
+PAUSED_WAITING = 4  # body buffered while the request waits for a process
+
+#: Body bytes held for a request that has no app connection yet.
+WAITING_BUFFER = 65536
+#: Attempts to place a request when processes refuse connections.
+MAX_TRIES = 3
+
+
+class Request:
+    """A parsed request, from its head to the end of its response."""
+
+    __slots__ = (
+        "url", "headers", "method", "version", "keep_alive", "upgrade", "is_head",
+        "head", "chunked", "body", "buffered", "complete", "sent", "tries",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.is_head = False
+        self.head = b""
+        self.chunked = False
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        self.sent = False
+        self.tries = 0
+
+
+@implementer(IPushProducer)
+class FrontProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, factory: FrontFactory) -> None:
+        self.factory = factory
+        self.group = factory.group
+        self.parser = HttpRequestParser(self)
+        self.parsing: Request | None = None
+        self.active: Request | None = None
+        self.pipeline: collections.deque[Request] = collections.deque()
+        self.process: AppProcess | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.paused = 0
+        self.closing = False
+        self.disconnected = False
+        self.tunnel = False
+        self.responding = False
+        self.broken = False
+        self.peer = b""
+        self.scheme = b"http"
+
+    # Connection events.
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        peer = transport.getPeer()
+        if isinstance(peer, (IPv4Address, IPv6Address)):
+            self.peer = peer.host.encode("ascii")
+            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        if ISSLTransport.providedBy(transport):
+            self.scheme = b"https"
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.disconnected = True
+        self.factory.connection_closed(self)
+        if self.active is not None:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The client is gone: give back whatever its request holds."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.front = None
+            if upstream.transport is not None:
+                upstream.transport.abortConnection()  # type: ignore[attr-defined]
+        process, self.process = self.process, None
+        if process is not None:
+            self.group.release(process)
+        elif self.active is not None:
+            self.group.cancel(self)
+        self.active = None
+        self.pipeline.clear()
+
+    # Reading.
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.active is not None:
+                self._body_piece(self.active, data)
+            return
+        if self.broken:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            request = self.active if self.active is not None and self.active.upgrade else None
+            if request is not None and rest:
+                self._body_piece(request, rest)
+            self.tunnel = True
+        except HttpParserError as e:
+            self._bad_request(str(e))
+
+    def on_message_begin(self) -> None:
+        self.parsing = Request()
+
+    def on_url(self, url: bytes) -> None:
+        self.parsing.url += url  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.parsing.headers.append((name, value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        parser = self.parser
+        request.method = method = parser.get_method()
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        request.is_head = method == b"HEAD"
+        request.head = self._upstream_head(request)
+        if self.active is None:
+            self._start(request)
+        else:
+            self.pipeline.append(request)
+            self._pause(PAUSED_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        request = self.parsing
+        if request is not None:
+            self._body_piece(request, data)
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        if request is None:
+            return
+        self.parsing = None
+        request.complete = True
+        if request.sent and request is self.active and self.upstream is not None:
+            self.upstream.end_body(request)
+        if request.upgrade:
+            request.keep_alive = False
+
+    def _body_piece(self, request: Request, data: bytes) -> None:
+        if request.sent:
+            upstream = self.upstream
+            if upstream is not None and request is self.active:
+                upstream.send_body(request, data)
+            return
+        request.body.append(data)
+        request.buffered += len(data)
+        if request.buffered > WAITING_BUFFER:
+            self._pause(PAUSED_WAITING)
+
+    def _upstream_head(self, request: Request) -> bytes:
+        """The request head as the app will see it, built once."""
+        dropped = REQUEST_DROPPED
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        extra: set[bytes] | None = None
+        length: bytes | None = None
+        host: bytes | None = None
+        upgrade: bytes | None = None
+        for name, value in request.headers:
+            lname = name.lower()
+            if lname in dropped:
+                if lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    request.chunked = True
+                elif lname == b"connection":
+                    tokens = connection_tokens(value)
+                    extra = tokens if extra is None else extra | tokens
+                elif lname == b"upgrade":
+                    upgrade = value
+                continue
+            if lname == b"host":
+                host = value
+            kept.append((name, lname, value))
+        parts = [request.method, b" ", request.url, b" HTTP/1.1\r\n"]
+        for name, lname, value in kept:
+            if extra is None or lname not in extra:
+                parts += (name, b": ", value, b"\r\n")
+        if self.peer:
+            parts += (b"X-Forwarded-For: ", self.peer, b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", self.scheme, b"\r\n")
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        if request.upgrade and upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+        if request.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif length is not None:
+            parts += (b"Content-Length: ", length, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # Placing the request on a process.
+    def _start(self, request: Request) -> None:
+        self.active = request
+        if self.closing:
+            request.keep_alive = False
+        request.tries += 1
+        process = self.group.checkout(self)
+        if process is not None:
+            self.deliver(process)
+
+    def deliver(self, process: AppProcess) -> None:
+        """Waiter: ``process`` will serve the active request."""
+        if self.disconnected or self.active is None:
+            self.group.release(process)
+            return
+        self._resume(PAUSED_WAITING)
+        self.process = process
+        idle = process.idle
+        if idle:
+            upstream = idle.pop()
+            upstream.reused = True
+            self.upstream_connected(upstream)
+        else:
+            self.factory.reactor.connectTCP(process.host, process.port, UpstreamFactory(process, self), timeout=10)
+
+    def reject(self, status: int, title: str, detail: str) -> None:
+        """Waiter: no process will come."""
+        self.process = None
+        self._send_error(status, title, detail)
+
+    def upstream_connected(self, upstream: UpstreamConnection) -> None:
+        request = self.active
+        if self.disconnected or request is None or self.process is not upstream.process:
+            upstream.front = None
+            if upstream.transport is not None:
+                upstream.transport.loseConnection()
+            return
+        self.upstream = upstream
+        upstream.send(self, request)
+
+    def connect_failed(self, process: AppProcess, reason: Failure) -> None:
+        """The process refused the connection: nothing was sent, so try another."""
+        if self.process is not process:
+            return
+        self.log.warn("Process {pid} of {app} refused a connection on port {port}: {error}",
+                      pid=process.pid, app=process.app, port=process.port, error=reason.getErrorMessage())
+        self.process = None
+        self.group.release(process)
+        self.group.unreachable(process)
+        request = self.active
+        if request is None or self.disconnected:
+            return
+        if request.tries >= MAX_TRIES:
+            self._send_error(502, "Bad Gateway", "The application did not accept the connection.")
+        else:
+            self._start(request)
+
+    def upstream_lost(self, upstream: UpstreamConnection, reason: Failure) -> None:
+        """The app closed the connection before the response was complete."""
+        request = self.active
+        process = upstream.process
+        if request is None or upstream is not self.upstream:
+            return
+        self.upstream = None
+        if self.responding:
+            self.log.warn("Process {pid} of {app} closed the connection in the middle of a response",
+                          pid=process.pid, app=process.app)
+            self._release()
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        if upstream.reused and not upstream.answered and not request.body and request.buffered == 0 \
+                and request.complete and process.state == "ready":
+            # A kept-alive connection the app had just closed: send again on a new one.
+            self.factory.reactor.connectTCP(process.host, process.port, UpstreamFactory(process, self), timeout=10)
+            return
+        self.log.warn("Process {pid} of {app} closed the connection without answering ({reason})",
+                      pid=process.pid, app=process.app, reason=reason.getErrorMessage())
+        self._release()
+        self._send_error(502, "Bad Gateway", "The application closed the connection without sending a response.")
+
+    def bad_response(self, upstream: UpstreamConnection, why: str) -> None:
+        process = upstream.process
+        self.log.warn("Process {pid} of {app} sent an invalid response: {why}", pid=process.pid, app=process.app, why=why)
+        self.upstream = None
+        self._release()
+        if self.responding:
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            self._send_error(502, "Bad Gateway", "The application sent an invalid response.")
+
+    def _release(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            self.group.release(process)
+
+    # Writing the response.
+    def begin_response(self, upstream: UpstreamConnection, head: list[bytes], mode: int, keep_alive: bool) -> None:
+        request = self.active
+        transport = self.transport
+        if request is None or transport is None:
+            return
+        request.keep_alive = keep_alive
+        self.responding = True
+        transport.writeSequence(head)
+        transport.registerProducer(upstream.transport, True)
+
+    def end_response(self, upstream: UpstreamConnection, reusable: bool) -> None:
+        request = self.active
+        transport = self.transport
+        self.upstream = None
+        upstream.front = None
+        if transport is not None and self.responding:
+            transport.unregisterProducer()
+        self.responding = False
+        process = upstream.process
+        if request is not None and not request.complete:
+            # The app answered before the whole body was sent: neither side can be reused.
+            reusable = False
+            request.keep_alive = False
+            if upstream.transport is not None:
+                upstream.transport.unregisterProducer()
+        if reusable and process.state == "ready" and not upstream.closed:
+            process.idle.append(upstream)
+        elif upstream.transport is not None:
+            upstream.transport.loseConnection()
+        self._release()
+        self._next(request)
+
+    def _next(self, finished: Request | None) -> None:
+        """The active request is answered: close, or go on with the next one."""
+        self.active = None
+        if self.disconnected or self.transport is None:
+            return
+        if finished is not None and not finished.keep_alive:
+            self.transport.loseConnection()
+            self.pipeline.clear()
+            return
+        if self.closing and not self.pipeline:
+            self.transport.loseConnection()
+            return
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+        if not self.pipeline:
+            self._resume(PAUSED_PIPELINE)
+
+    def _send_error(self, status: int, title: str, detail: str) -> None:
+        request = self.active
+        transport = self.transport
+        if transport is None or self.disconnected:
+            return
+        keep_alive = request is not None and request.keep_alive and request.complete and not self.closing
+        if request is not None:
+            request.keep_alive = keep_alive
+        transport.write(error_response(status, title, detail, keep_alive))
+        self._next(request)
+
+    def _bad_request(self, why: str) -> None:
+        """Unparseable input: answer 400 if we still can, and close."""
+        transport = self.transport
+        self.broken = True
+        self.closing = True
+        self.pipeline.clear()
+        if transport is None:
+            return
+        self.log.info("Bad request from {peer}: {why}", peer=self.peer.decode(), why=why)
+        if self.active is not None and self.parsing is not self.active:
+            return  # a later request is bad: answer the current one, then close
+        if self.active is not None:
+            if self.responding:
+                transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            self._abandon()
+        transport.write(error_response(400, "Bad Request", "The request could not be understood.", False))
+        transport.loseConnection()
+
+    # Tunnels (Upgrade: websocket and friends).
+    def start_tunnel(self, upstream: UpstreamConnection) -> None:
+        self.tunnel = True
+        request = self.active
+        if request is not None and request.body:
+            upstream.send_body(request, b"".join(request.body))
+            request.body.clear()
+
+    def tunnel_closed(self) -> None:
+        self.upstream = None
+        self._release()
+        self.active = None
+        if self.transport is not None:
+            if self.responding:
+                self.transport.unregisterProducer()
+                self.responding = False
+            self.transport.loseConnection()
+
+    # Reading back-pressure, for the app connection (IPushProducer).
+    def pauseProducing(self) -> None:
+        self._pause(PAUSED_UPSTREAM)
+
+    def resumeProducing(self) -> None:
+        self._resume(PAUSED_UPSTREAM)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.disconnected:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # Server shutdown.
+    def shut_down(self) -> None:
+        """Finish the request in flight, if any, then close."""
+        self.closing = True
+        if self.active is None and self.transport is not None:
+            self.transport.loseConnection()
+
+
+class FrontFactory(Factory):
+    """Builds a FrontProtocol per client connection and tracks them for shutdown."""
+
+    noisy = False
+
+    def __init__(self, group: Group, reactor: Any) -> None:
+        self.group = group
+        self.reactor = reactor
+        self.connections: set[FrontProtocol] = set()
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: object) -> FrontProtocol:
+        return FrontProtocol(self)
+
+    def connection_closed(self, protocol: FrontProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections and self._drained:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def shut_down(self) -> Deferred[None]:
+        """Close idle connections, let busy ones finish; fires when all are closed."""
+        for protocol in list(self.connections):
+            protocol.shut_down()
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def abort_all(self) -> None:
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]

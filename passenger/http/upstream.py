@@ -1,0 +1,299 @@
+"""Connections to app processes: send one request at a time, parse the response.
+
+A connection belongs to one process and is kept alive between requests
+(architecture.md, decision 1): after a complete response that allows reuse it
+goes back to the process's idle list.  The response head is rebuilt once with
+the hop-by-hop headers removed; the body streams to the client as it comes,
+re-chunked when the app's framing cannot be passed on as it is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet.interfaces import IConnector
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+
+from passenger.http.headers import RESPONSE_DROPPED, connection_tokens
+
+if TYPE_CHECKING:
+    from passenger.http.front import FrontProtocol, Request
+    from passenger.pool.process import AppProcess
+
+# How the response body is framed towards the client.
+BODY_NONE = 0  # HEAD, 204, 304: no body
+BODY_LENGTH = 1  # Content-Length passed on, body bytes as they are
+BODY_CHUNKED = 2  # the relay frames each piece as a chunk
+BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client, unknown length: close when done
+
+_NO_BODY_STATUS = (204, 304)
+_CHUNK_END = b"0\r\n\r\n"
+
+
+class UpstreamConnection(Protocol):
+    """One keep-alive HTTP/1.1 connection to an app process."""
+
+    def __init__(self, process: AppProcess, front: FrontProtocol | None) -> None:
+        self.process = process
+        self.front = front
+        self.parser = HttpResponseParser(self)
+        self.reused = False
+        #: Bytes of the current response have arrived (so it cannot be retried).
+        self.answered = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.mode = BODY_NONE
+        self.interim = False
+        self.head_done = False
+        self.reset_parser = False
+        self.tunnel = False
+        self.closed = False
+        #: The app gave neither a length nor chunking: its body ends when it closes.
+        self.until_close = False
+
+    # Connection events.
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.process.connections.add(self)
+        front = self.front
+        if front is None:
+            transport.loseConnection()
+        else:
+            front.upstream_connected(self)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed = True
+        process = self.process
+        process.connections.discard(self)
+        try:
+            process.idle.remove(self)
+        except ValueError:
+            pass
+        front = self.front
+        self.front = None
+        if front is None:
+            return
+        if self.tunnel:
+            front.tunnel_closed()
+        elif self.head_done and self.until_close:
+            # The app framed its body by closing the connection: that is the end.
+            self.front = front
+            self._complete(reusable=False)
+        else:
+            front.upstream_lost(self, reason)
+
+    def process_gone(self) -> None:
+        """The process died: this connection is useless."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # Sending.
+    def send(self, front: FrontProtocol, request: Request) -> None:
+        """Write the request head and whatever body has been read so far."""
+        self.front = front
+        self.answered = False
+        self.head_done = False
+        transport = self.transport
+        assert transport is not None
+        body = request.body
+        if body:
+            if request.chunked and not request.upgrade:
+                pieces = [request.head]
+                for chunk in body:
+                    pieces += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+                transport.writeSequence(pieces)
+            else:
+                transport.writeSequence([request.head, *body])
+            body.clear()
+        else:
+            transport.write(request.head)
+        request.sent = True
+        if request.complete:
+            if request.chunked:
+                transport.write(_CHUNK_END)
+        else:
+            transport.registerProducer(front, True)
+
+    def send_body(self, request: Request, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if request.chunked and not request.upgrade:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def end_body(self, request: Request) -> None:
+        transport = self.transport
+        assert transport is not None
+        if request.chunked and not request.upgrade:
+            transport.write(_CHUNK_END)
+        transport.unregisterProducer()
+
+    # Receiving.
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel:
+            front = self.front
+            if front is not None and front.transport is not None:
+                front.transport.write(data)
+            return
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except HttpParserError as e:
+            self._bad_response(str(e))
+        if self.reset_parser:
+            self.reset_parser = False
+            self.parser = HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        front = self.front
+        if front is None or front.active is None:
+            return
+        request = front.active
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True
+            if request.version != "1.0":
+                front.transport.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))  # type: ignore[union-attr]
+            return
+        self.head_done = True
+        dropped = RESPONSE_DROPPED
+        extra: set[bytes] | None = None
+        length: bytes | None = None
+        chunked = False
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in dropped:
+                if lname == b"content-length":
+                    length = value
+                elif lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    extra = connection_tokens(value) if extra is None else extra | connection_tokens(value)
+                continue
+            kept.append((name, lname, value))
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
+        for name, lname, value in kept:
+            if extra is None or lname not in extra:
+                parts += (name, b": ", value, b"\r\n")
+        keep_alive = request.keep_alive and not front.closing
+        if status == 101:
+            self.mode = BODY_NONE
+            parts.append(b"Connection: upgrade\r\n")
+            for name, value in self.headers:
+                if name.lower() == b"upgrade":
+                    parts += (b"Upgrade: ", value, b"\r\n")
+            parts.append(b"\r\n")
+            front.begin_response(self, parts, BODY_NONE, True)
+            return
+        if request.is_head or status in _NO_BODY_STATUS:
+            self.mode = BODY_NONE
+            if length is not None and status != 204:
+                parts += (b"Content-Length: ", length, b"\r\n")
+            if request.is_head:
+                # httptools cannot be told a HEAD response has no body; start afresh.
+                self.reset_parser = True
+        elif length is not None:
+            self.mode = BODY_LENGTH
+            parts += (b"Content-Length: ", length, b"\r\n")
+        else:
+            self.until_close = not chunked
+            if request.version != "1.0":
+                self.mode = BODY_CHUNKED
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.mode = BODY_UNTIL_CLOSE
+                keep_alive = False
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif request.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        front.begin_response(self, parts, self.mode, keep_alive)
+        if self.mode == BODY_NONE and status != 101:
+            self._complete()
+
+    def on_body(self, data: bytes) -> None:
+        front = self.front
+        if front is None:
+            return
+        transport = front.transport
+        if transport is None:
+            return
+        if self.mode == BODY_CHUNKED:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.mode != BODY_NONE:
+            self._complete()
+
+    def _complete(self, reusable: bool | None = None) -> None:
+        front = self.front
+        if front is None:
+            return
+        if self.mode == BODY_CHUNKED and front.transport is not None:
+            front.transport.write(_CHUNK_END)
+        self.head_done = False
+        self.until_close = False
+        if reusable is None:
+            reusable = self.parser.should_keep_alive()
+        front.end_response(self, reusable)
+
+    def _upgraded(self, rest: bytes) -> None:
+        front = self.front
+        if front is None:
+            return
+        self.tunnel = True
+        front.start_tunnel(self)
+        if rest and front.transport is not None:
+            front.transport.write(rest)
+
+    def _bad_response(self, why: str) -> None:
+        front = self.front
+        if front is not None:
+            front.bad_response(self, why)
+        self.front = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class UpstreamFactory(ClientFactory):
+    """Opens one connection to ``process`` for ``front``."""
+
+    noisy = False
+
+    def __init__(self, process: AppProcess, front: FrontProtocol) -> None:
+        self.process = process
+        self.front: FrontProtocol | None = front
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        front, self.front = self.front, None
+        return UpstreamConnection(self.process, front)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        front, self.front = self.front, None
+        if front is not None:
+            front.connect_failed(self.process, reason)

@@ -1,0 +1,1 @@
+"""The process pool: one process's lifecycle, least-busy routing, the group of an app."""

@@ -1,0 +1,220 @@
+"""The group of one app: its processes, its request queue, when to spawn.
+
+Requests check out a process here (least busy, see routing.py) and give it
+back when their response is done.  When no process can take a request it
+waits in a FIFO queue, bounded by ``max_request_queue_size``; the group
+spawns another process while it is below ``max_pool_size`` and every process
+is busy.  Spawns are serial, one at a time per group, as in Passenger.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from passenger.config import AppConfig
+from passenger.pool.process import DEAD, READY, AppProcess
+from passenger.pool.routing import route
+
+#: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+
+
+class Waiter(Protocol):
+    """A request that needs a process (the front end's connection)."""
+
+    def deliver(self, process: AppProcess) -> None:
+        """Serve on this process; its session is already counted."""
+
+    def reject(self, status: int, title: str, detail: str) -> None:
+        """No process will come: answer with this error."""
+
+
+class SpawnerLike(Protocol):
+    def spawn(self, app: AppConfig, number: int, observer: Any, ports_in_use: Any = ()) -> AppProcess: ...
+
+
+class Group:
+    log = Logger()
+
+    def __init__(self, app: AppConfig, spawner: SpawnerLike, clock: Any) -> None:
+        self.app = app
+        self._spawner = spawner
+        self._clock = clock
+        #: Live processes in the pool (spawning or ready), oldest first.
+        self.processes: list[AppProcess] = []
+        #: Processes on their way out (killed after a failed start), until reaped.
+        self.leaving: set[AppProcess] = set()
+        #: Ready processes, oldest first: what routing chooses from.
+        self.ready: list[AppProcess] = []
+        self.queue: collections.deque[Waiter] = collections.deque()
+        self.spawning: AppProcess | None = None
+        self.running = False
+        self.spawned = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._backoff: IDelayedCall | None = None
+
+    # Life of the group.
+    def start(self) -> None:
+        self.running = True
+        self._maybe_spawn()
+
+    def stop(self) -> Deferred[Any]:
+        """Reject waiters, stop every process; fires when all are reaped."""
+        self.running = False
+        if self._backoff is not None and self._backoff.active():
+            self._backoff.cancel()
+        self._backoff = None
+        while self.queue:
+            self.queue.popleft().reject(503, "Service Unavailable", "The server is shutting down.")
+        everyone = list(self.processes) + list(self.leaving)
+        return DeferredList([p.stop() for p in everyone], consumeErrors=True)
+
+    # Requests.
+    def checkout(self, waiter: Waiter) -> AppProcess | None:
+        """A process for this request now, or None (the waiter will hear later)."""
+        process = route(self.ready)
+        if process is not None:
+            process.sessions += 1
+            if process.concurrency is None and process.sessions > 1:
+                self._maybe_spawn()
+            return process
+        if not self.running:
+            waiter.reject(503, "Service Unavailable", "The server is shutting down.")
+            return None
+        limit = self.app.max_request_queue_size
+        if limit and len(self.queue) >= limit:
+            self.log.warn("Request queue of {app} is full ({size}); answering 503", app=self.app.name, size=len(self.queue))
+            waiter.reject(503, "Service Unavailable",
+                          "This website is under heavy load (queue full). Please try again in a moment.")
+            return None
+        if not self.ready and self.spawning is None and self._backoff is not None:
+            waiter.reject(500, "Internal Server Error",
+                          f"The application could not be started: {self.last_error}")
+            return None
+        self.queue.append(waiter)
+        self._maybe_spawn()
+        return None
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The waiter's client went away: it leaves the queue."""
+        try:
+            self.queue.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self, process: AppProcess) -> None:
+        """A request on ``process`` is over."""
+        process.sessions -= 1
+        process.processed += 1
+        process.last_used = time.time()
+        if self.queue and process.state == READY:
+            self._dispatch()
+
+    def unreachable(self, process: AppProcess) -> None:
+        """``process`` refused a connection: it no longer serves, so replace it."""
+        if process.state != READY:
+            return
+        self.log.warn("Process {pid} of {app} stopped accepting connections; replacing it",
+                      pid=process.pid, app=self.app.name)
+        self._forget(process)
+        self.leaving.add(process)
+        process.stop().addCallback(lambda _: self.leaving.discard(process))
+        self._maybe_spawn()
+
+    def _dispatch(self) -> None:
+        queue = self.queue
+        while queue:
+            process = route(self.ready)
+            if process is None:
+                return
+            process.sessions += 1
+            queue.popleft().deliver(process)
+
+    # Spawning.
+    def _wants_process(self) -> bool:
+        count = len(self.processes)
+        if count >= self.app.max_pool_size:
+            return False
+        if count < self.app.min_instances or self.queue:
+            return True
+        if not self.ready:
+            return False
+        if self.ready[0].concurrency is None:
+            return all(p.sessions > 0 for p in self.ready)
+        return route(self.ready) is None
+
+    def _maybe_spawn(self) -> None:
+        if not self.running or self.spawning is not None or self._backoff is not None:
+            return
+        if not self._wants_process():
+            return
+        self.spawned += 1
+        try:
+            process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
+        except Exception as e:
+            self.log.error("Could not spawn a process of {app}: {error}", app=self.app.name, error=str(e))
+            self._spawn_failed(str(e))
+            return
+        self.spawning = process
+        self.processes.append(process)
+
+    # ProcessObserver.
+    def process_ready(self, process: AppProcess) -> None:
+        elapsed = (time.monotonic() - process.started_monotonic) * 1000
+        self.log.info("Process {pid} of {app} is ready on port {port} ({ms:.0f} ms)",
+                      pid=process.pid, app=self.app.name, port=process.port, ms=elapsed)
+        if self.spawning is process:
+            self.spawning = None
+        self.failures = 0
+        self.last_error = None
+        self.ready.append(process)
+        self.ready.sort(key=lambda p: p.number)
+        self._dispatch()
+        self._maybe_spawn()
+
+    def process_failed(self, process: AppProcess, reason: str) -> None:
+        tail = "\n".join(process.log_tail()[-20:])
+        self.log.error("Could not spawn process {pid} of {app}: {reason}\n{tail}",
+                       pid=process.pid, app=self.app.name, reason=reason, tail=tail)
+        self._forget(process)
+        if process.state != DEAD:
+            self.leaving.add(process)
+            process.wait_stopped().addCallback(lambda _: self.leaving.discard(process))
+        if self.spawning is process:
+            self.spawning = None
+        self._spawn_failed(f"process {process.pid} {reason}")
+
+    def process_exited(self, process: AppProcess, reason: str) -> None:
+        self.log.warn("Process {pid} of {app} {reason}; removed from the pool",
+                      pid=process.pid, app=self.app.name, reason=reason)
+        self._forget(process)
+        self._maybe_spawn()
+
+    def _forget(self, process: AppProcess) -> None:
+        if process in self.processes:
+            self.processes.remove(process)
+        if process in self.ready:
+            self.ready.remove(process)
+
+    def _spawn_failed(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        if not self.ready:
+            while self.queue:
+                self.queue.popleft().reject(500, "Internal Server Error",
+                                            f"The application could not be started: {reason}")
+        if self.running:
+            delay = min(FIRST_BACKOFF * 2 ** (self.failures - 1), MAX_BACKOFF)
+            self._backoff = self._clock.callLater(delay, self._backoff_over)
+
+    def _backoff_over(self) -> None:
+        self._backoff = None
+        self._maybe_spawn()

@@ -1,0 +1,1 @@
+"""Starting app processes: ports, environment, the child's protocol, readiness."""

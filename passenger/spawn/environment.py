@@ -1,0 +1,27 @@
+"""The environment an app process starts with (``passenger-gls.md`` §1.5)."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from passenger.config import AppConfig
+
+
+def app_environment(app: AppConfig, port: int | None, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's own environment, Passenger's variables, then the user's on top."""
+    env = dict(os.environ if inherited is None else inherited)
+    for name in ("PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "WSGI_ENV", "NODE_ENV"):
+        env[name] = app.environment
+    env["IN_PASSENGER"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PWD"] = app.root
+    if port is not None:
+        env["PORT"] = str(port)
+    env.update(app.envvars)
+    return env
+
+
+def app_argv(app: AppConfig) -> list[str]:
+    """``/bin/sh -c "exec <command>"``: the shell expands $PORT, then becomes the app."""
+    return ["/bin/sh", "-c", "exec " + app.start_command]

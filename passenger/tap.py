@@ -1,0 +1,157 @@
+"""``twistd passenger`` / ``twist passenger``: command-line options and makeService.
+
+Option names and defaults follow Passenger Standalone.  All validation happens
+in :meth:`Options.postOptions`, which runs before twistd daemonizes, so every
+mistake reaches the terminal as one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from passenger.config import (
+    AppConfig,
+    ConfigError,
+    ServerConfig,
+    non_negative_int,
+    parse_envvar,
+    positive_seconds,
+    validate_app,
+)
+
+
+def _unknown_or_count(value: str) -> int | None:
+    if value.strip().lower() in ("", "unknown", "-1"):
+        return None
+    return non_negative_int("--concurrency", value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Spawn processes of any web app with --app-start-command (which gets its "
+        "port in $PORT), keep a pool of them, and reverse-proxy HTTP to the least busy one."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["app-root", None, None, "Directory of the app; the command runs there. [default: current directory]"],
+        ["app-start-command", None, None, "Command that starts one app process listening on 127.0.0.1:$PORT."],
+        ["address", None, "0.0.0.0", "Address to listen on for HTTP."],
+        ["port", None, "3000", "Port to listen on for HTTP."],
+        ["environment", None, "production", "Sets PASSENGER_APP_ENV, RAILS_ENV, RACK_ENV, WSGI_ENV and NODE_ENV."],
+        ["min-instances", None, "1", "Processes to keep running at all times."],
+        ["max-pool-size", None, "6", "Most processes to run."],
+        ["concurrency", None, "unknown", "Requests one process can take at once: N, 0 for unlimited, or unknown."],
+        ["max-request-queue-size", None, "100", "Requests that may wait for a process; beyond that 503. 0 = unbounded."],
+        ["start-timeout", None, "90", "Seconds a process may take to start listening before it is killed."],
+        ["drain-timeout", None, "30", "Seconds in-flight requests get to finish when the server stops."],
+        ["shutdown-timeout", None, "30", "Seconds between TERM and KILL when an app process is stopped."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["envvars"] = {}
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve HTTP on (repeatable; replaces --address/--port):
+        tcp:PORT, unix:PATH, ssl:PORT:privateKey=KEY:certKey=CERT, systemd:domain=INET:index=0."""
+        self["listen"].append(description)
+
+    def opt_envvar(self, assignment: str) -> None:
+        """NAME=VALUE to set in the app's environment (repeatable)."""
+        try:
+            name, value = parse_envvar(assignment)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self["envvars"][name] = value
+
+    def opt_force_max_concurrent_requests_per_process(self, value: str) -> None:
+        """Alias of --concurrency (Passenger's name)."""
+        self["concurrency"] = value
+
+    def postOptions(self) -> None:
+        try:
+            self["config"] = self._build()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _build(self) -> ServerConfig:
+        command = self["app-start-command"]
+        if command is None:
+            raise ConfigError("--app-start-command is required: the command that starts the app, e.g. 'node server.js'")
+        app = validate_app(
+            AppConfig(
+                name=os.path.basename(os.path.abspath(self["app-root"] or os.getcwd())) or "app",
+                root=self["app-root"] or os.getcwd(),
+                start_command=command,
+                environment=self["environment"],
+                min_instances=non_negative_int("--min-instances", self["min-instances"]),
+                max_pool_size=non_negative_int("--max-pool-size", self["max-pool-size"]),
+                concurrency=_unknown_or_count(self["concurrency"]),
+                max_request_queue_size=non_negative_int("--max-request-queue-size", self["max-request-queue-size"]),
+                start_timeout=positive_seconds("--start-timeout", self["start-timeout"]),
+                envvars=dict(self["envvars"]),
+                shutdown_timeout=positive_seconds("--shutdown-timeout", self["shutdown-timeout"]),
+            )
+        )
+        listen = tuple(self["listen"]) or (self._default_listen(),)
+        for description in listen:
+            _check_listen(description)
+        return ServerConfig(
+            app=app,
+            listen=listen,
+            drain_timeout=positive_seconds("--drain-timeout", self["drain-timeout"]),
+        )
+
+    def _default_listen(self) -> str:
+        port = non_negative_int("--port", self["port"])
+        if port > 65535:
+            raise ConfigError(f"--port {port}: must be at most 65535")
+        address = self["address"].replace(":", "\\:")
+        return f"tcp:{port}:interface={address}"
+
+
+def _check_listen(description: str) -> None:
+    """Reject unparseable endpoints and TCP ports that are already taken."""
+    try:
+        endpoint = endpoints.serverFromString(None, description)
+    except IndexError:
+        raise ConfigError(f"--listen {description!r}: systemd passed no socket at that index (LISTEN_FDS)") from None
+    except OSError as e:
+        raise ConfigError(f"--listen {description!r}: {e.strerror}: {e.filename}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"--listen {description!r}: {e}") from None
+    port = getattr(endpoint, "_port", None)
+    interface = getattr(endpoint, "_interface", "")
+    if not isinstance(port, int) or port == 0:
+        return
+    if port > 65535:
+        raise ConfigError(f"--listen {description!r}: port {port} is above 65535")
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface or "", port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {interface or '*'}:{port}: the port is already in use") from None
+        if e.errno == errno.EACCES:
+            raise ConfigError(f"cannot listen on {interface or '*'}:{port}: permission denied") from None
+        raise ConfigError(f"cannot listen on {interface or '*'}:{port}: {e.strerror}") from None
+    finally:
+        probe.close()
+
+
+def makeService(options: Options) -> IService:
+    """Build the service tree; nothing is bound or spawned until it starts."""
+    from passenger.service import PassengerService
+
+    return PassengerService(options["config"])
