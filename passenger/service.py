@@ -93,3 +93,8 @@ class PassengerService(Service):
         if group is not None:
             yield group.stop()
         self.log.info("passenger stopped; every app process has exited")
+        # twistd and twist re-raise the signal that stopped the reactor, so a
+        # clean TERM would end with status -15.  The stop was graceful and
+        # complete, so exit 0 as Passenger does (checked by test_smoke.py).
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None

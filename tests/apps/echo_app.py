@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""A test app that honours $PORT and shows what it received.
+
+  /pid              this process's pid
+  /echo             JSON: method, path, headers (list of pairs), body length and sha256
+  /sleep?ms=N       answers after N ms (threads: other requests go on)
+  /status?code=N    empty answer with that status
+  /chunked?n=K      K chunks of "chunk-i\\n" with Transfer-Encoding: chunked
+  /close            body framed by closing the connection (no length, not chunked)
+  /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
+  /exit             the process exits without answering
+Anything else: "Hello from <pid>".
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pid", str(os.getpid()))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        body = self._body()
+        if url.path == "/pid":
+            return self._send(200, str(os.getpid()).encode())
+        if url.path == "/echo":
+            info = {
+                "method": self.command,
+                "path": self.path,
+                "version": self.request_version,
+                "headers": [[k, v] for k, v in self.headers.items()],
+                "body_length": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "env": {k: v for k, v in os.environ.items() if k in (
+                    "PORT", "PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "NODE_ENV", "WSGI_ENV",
+                    "IN_PASSENGER", "PYTHONUNBUFFERED", "PWD", "GREETING")},
+                "cwd": os.getcwd(),
+            }
+            return self._send(200, json.dumps(info).encode(), "application/json")
+        if url.path == "/sleep":
+            time.sleep(float(query.get("ms", "0")) / 1000)
+            return self._send(200, b"slept")
+        if url.path == "/status":
+            code = int(query.get("code", "200"))
+            self.send_response(code)
+            if code not in (204, 304):
+                self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if url.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(int(query.get("n", "3"))):
+                piece = f"chunk-{i}\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/close":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"until the end")
+            self.close_connection = True
+            return
+        if url.path == "/bytes":
+            n = int(query.get("n", "0"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            piece = b"x" * 65536
+            while n > 0:
+                self.wfile.write(piece[: min(n, len(piece))])
+                n -= len(piece)
+            return
+        if url.path == "/exit":
+            sys.stderr.write("exiting on request\n")
+            sys.stderr.flush()
+            os._exit(3)
+        return self._send(200, b"Hello from %d" % os.getpid())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
+
+
+if __name__ == "__main__":
+    port = int(os.environ["PORT"])
+    print(f"echo app {os.getpid()} listening on {port}", flush=True)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
