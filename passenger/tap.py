@@ -33,6 +33,18 @@ def _unknown_or_count(value: str) -> int | None:
     return non_negative_int("--concurrency", value)
 
 
+class ConfigExit(SystemExit):
+    """A bad option value: exit 1 with one line, before twistd daemonizes.
+
+    twistd answers a UsageError by printing the whole --help first, which buries
+    the one line that matters; SystemExit prints just the message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"passenger: {message}")
+        self.message = message
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -70,7 +82,7 @@ class Options(usage.Options):
         try:
             name, value = parse_envvar(assignment)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise ConfigExit(str(e)) from None
         self["envvars"][name] = value
 
     def opt_force_max_concurrent_requests_per_process(self, value: str) -> None:
@@ -81,7 +93,7 @@ class Options(usage.Options):
         try:
             self["config"] = self._build()
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise ConfigExit(str(e)) from None
 
     def _build(self) -> ServerConfig:
         command = self["app-start-command"]

@@ -17,9 +17,9 @@ REASONS = {
 def error_response(status: int, title: str, detail: str, keep_alive: bool) -> bytes:
     """A complete HTTP/1.1 response with a small HTML page."""
     body = (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\n"
-        "<body><h1>{code} {title}</h1>\n<p>{detail}</p>\n<hr><p>passenger</p></body></html>\n"
-    ).format(code=status, title=html.escape(title), detail=html.escape(detail)).encode("utf-8")
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} {html.escape(title)}</title></head>\n"
+        f"<body><h1>{status} {html.escape(title)}</h1>\n<p>{html.escape(detail)}</p>\n<hr><p>passenger</p></body></html>\n"
+    ).encode()
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, title)}\r\n"
         "Content-Type: text/html; charset=utf-8\r\n"

@@ -16,15 +16,14 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from passenger.http.errors import error_response
 from passenger.http.headers import REQUEST_DROPPED, connection_tokens
@@ -49,8 +48,21 @@ class Request:
     """A parsed request, from its head to the end of its response."""
 
     __slots__ = (
-        "url", "headers", "method", "version", "keep_alive", "upgrade", "is_head",
-        "head", "chunked", "body", "buffered", "complete", "sent", "tries",
+        "body",
+        "buffered",
+        "chunked",
+        "complete",
+        "head",
+        "has_body",
+        "headers",
+        "is_head",
+        "keep_alive",
+        "method",
+        "sent",
+        "tries",
+        "upgrade",
+        "url",
+        "version",
     )
 
     def __init__(self) -> None:
@@ -63,6 +75,7 @@ class Request:
         self.is_head = False
         self.head = b""
         self.chunked = False
+        self.has_body = False
         self.body: list[bytes] = []
         self.buffered = 0
         self.complete = False
@@ -141,6 +154,10 @@ class FrontProtocol(Protocol):
             if request is not None and rest:
                 self._body_piece(request, rest)
             self.tunnel = True
+        except HttpParserCallbackError as e:
+            # Our own bug, not the client's: log it loudly and close.
+            self.log.failure("Internal error while handling a request", Failure(e.__context__ or e))
+            self._bad_request("internal error", 500)
         except HttpParserError as e:
             self._bad_request(str(e))
 
@@ -232,8 +249,10 @@ class FrontProtocol(Protocol):
         if request.upgrade and upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
         if request.chunked:
+            request.has_body = True
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif length is not None:
+            request.has_body = length != b"0"
             parts += (b"Content-Length: ", length, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
@@ -338,7 +357,7 @@ class FrontProtocol(Protocol):
     # Writing the response.
     def begin_response(self, upstream: UpstreamConnection, head: list[bytes], mode: int, keep_alive: bool) -> None:
         request = self.active
-        transport = self.transport
+        transport: Any = self.transport
         if request is None or transport is None:
             return
         request.keep_alive = keep_alive
@@ -348,7 +367,7 @@ class FrontProtocol(Protocol):
 
     def end_response(self, upstream: UpstreamConnection, reusable: bool) -> None:
         request = self.active
-        transport = self.transport
+        transport: Any = self.transport
         self.upstream = None
         upstream.front = None
         if transport is not None and self.responding:
@@ -360,7 +379,7 @@ class FrontProtocol(Protocol):
             reusable = False
             request.keep_alive = False
             if upstream.transport is not None:
-                upstream.transport.unregisterProducer()
+                upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
         if reusable and process.state == "ready" and not upstream.closed:
             process.idle.append(upstream)
         elif upstream.transport is not None:
@@ -390,13 +409,15 @@ class FrontProtocol(Protocol):
         transport = self.transport
         if transport is None or self.disconnected:
             return
-        keep_alive = request is not None and request.keep_alive and request.complete and not self.closing
+        # Keep the connection only if no unread body would be mistaken for the next request.
+        keep_alive = (request is not None and request.keep_alive and not self.closing
+                      and (request.complete or not request.has_body))
         if request is not None:
             request.keep_alive = keep_alive
         transport.write(error_response(status, title, detail, keep_alive))
         self._next(request)
 
-    def _bad_request(self, why: str) -> None:
+    def _bad_request(self, why: str, status: int = 400) -> None:
         """Unparseable input: answer 400 if we still can, and close."""
         transport = self.transport
         self.broken = True
@@ -412,7 +433,10 @@ class FrontProtocol(Protocol):
                 transport.abortConnection()  # type: ignore[attr-defined]
                 return
             self._abandon()
-        transport.write(error_response(400, "Bad Request", "The request could not be understood.", False))
+        if status == 400:
+            transport.write(error_response(400, "Bad Request", "The request could not be understood.", False))
+        else:
+            transport.write(error_response(status, "Internal Server Error", "The server failed to handle the request.", False))
         transport.loseConnection()
 
     # Tunnels (Upgrade: websocket and friends).
@@ -429,7 +453,7 @@ class FrontProtocol(Protocol):
         self.active = None
         if self.transport is not None:
             if self.responding:
-                self.transport.unregisterProducer()
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
                 self.responding = False
             self.transport.loseConnection()
 

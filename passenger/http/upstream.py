@@ -9,7 +9,7 @@ re-chunked when the app's framing cannot be passed on as it is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.interfaces import IConnector
@@ -97,8 +97,7 @@ class UpstreamConnection(Protocol):
         self.front = front
         self.answered = False
         self.head_done = False
-        transport = self.transport
-        assert transport is not None
+        transport: Any = self.transport
         body = request.body
         if body:
             if request.chunked and not request.upgrade:
@@ -127,8 +126,7 @@ class UpstreamConnection(Protocol):
             transport.write(data)
 
     def end_body(self, request: Request) -> None:
-        transport = self.transport
-        assert transport is not None
+        transport: Any = self.transport
         if request.chunked and not request.upgrade:
             transport.write(_CHUNK_END)
         transport.unregisterProducer()

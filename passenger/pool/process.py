@@ -8,8 +8,9 @@ so the hot path never goes through the machine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.internet.defer import Deferred, succeed

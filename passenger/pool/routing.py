@@ -7,7 +7,7 @@ the oldest process (Passenger's rule, which lets the newest ones idle out).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from passenger.pool.process import AppProcess
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
-from typing import Container
+from collections.abc import Container
 
 
 class NoFreePort(RuntimeError):

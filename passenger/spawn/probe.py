@@ -7,9 +7,9 @@ second while it boots (Passenger probes every 150 ms).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from twisted.internet.interfaces import IConnector, IReactorTCP, IReactorTime, IDelayedCall
+from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 

@@ -7,7 +7,7 @@ exit means.
 from __future__ import annotations
 
 import collections
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger

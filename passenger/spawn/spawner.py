@@ -6,7 +6,8 @@ process's life to its lifecycle machine and its group.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
