@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,8 +52,8 @@ class Request:
         "buffered",
         "chunked",
         "complete",
-        "head",
         "has_body",
+        "head",
         "headers",
         "is_head",
         "keep_alive",
@@ -486,10 +486,19 @@ class FrontProtocol(Protocol):
             self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class FrontFactory(Factory):
     """Builds a FrontProtocol per client connection and tracks them for shutdown."""
 
     noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN over ``ssl:`` listeners: we speak HTTP/1.1.
+
+        Without it Twisted (26.10) selects an empty protocol and OpenSSL aborts
+        the handshake of every client that offers ALPN (curl, browsers).
+        """
+        return [b"http/1.1"]
 
     def __init__(self, group: Group, reactor: Any) -> None:
         self.group = group

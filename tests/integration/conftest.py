@@ -63,7 +63,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready: int = 1, timeout: float = 20.0) -> "Server":
-        cmd = [TWISTD, "-n", "--logfile", str(self.log_path), *self.twistd_args, "passenger",
+        cmd = [TWISTD, "-n", "--logfile", str(self.log_path), "--pidfile", str(self.log_path.with_suffix(".pid")),
+               *self.twistd_args, "passenger",
                "--address", "127.0.0.1", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if ready:
@@ -133,3 +134,118 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def echo_app_args(*extra: str) -> list[str]:
     """Options that run tests/apps/echo_app.py."""
     return ["--app-root", str(APPS), "--app-start-command", f"{sys.executable} echo_app.py", *extra]
+
+
+# Helpers for the lifecycle and CLI tests (additions; nothing above depends on them).
+
+def life_app_args(*extra: str, flags: str = "") -> list[str]:
+    """Options that run tests/apps/life_app.py (echo_app that logs each request on stdout)."""
+    command = f"{sys.executable} life_app.py {flags}".strip()
+    return ["--app-root", str(APPS), "--app-start-command", command, *extra]
+
+
+def pid_exists(pid: int) -> bool:
+    """True while ``pid`` has any process-table entry, zombies included (not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RawResponse:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, elapsed: float) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.elapsed = elapsed
+
+    def __repr__(self) -> str:
+        return f"<RawResponse {self.status} {self.headers} {self.body[:200]!r} after {self.elapsed:.3f}s>"
+
+
+class RawRequest:
+    """One ``Connection: close`` HTTP/1.1 request on its own socket, sent at once, read later.
+
+    The socket is left open so the test can see, in /proc/net/tcp, whether the
+    server has read the request (``server_has_read``) or close it early.
+    """
+
+    def __init__(self, port: int, path: str, host: str = "127.0.0.1") -> None:
+        self.server_port = port
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.started = time.monotonic()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode("ascii"))
+
+    @property
+    def client_port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def response(self, timeout: float = 10.0) -> RawResponse:
+        """Read until the server closes; fail (socket.timeout) if that takes longer than ``timeout``."""
+        self.sock.settimeout(timeout)
+        data = b""
+        try:
+            while True:
+                piece = self.sock.recv(65536)
+                if not piece:
+                    break
+                data += piece
+        finally:
+            elapsed = time.monotonic() - self.started
+            self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        if not lines[0].startswith("HTTP/1."):
+            raise AssertionError(f"not an HTTP response: {data[:300]!r}")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return RawResponse(status, headers, body, elapsed)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def server_has_read(self) -> bool:
+        return server_has_read(self.server_port, self.client_port)
+
+    def server_let_go(self) -> bool:
+        return server_let_go(self.server_port, self.client_port)
+
+
+#: /proc/net/tcp states.
+TCP_ESTABLISHED = 0x01
+TCP_CLOSE_WAIT = 0x08
+
+
+def tcp_sockets() -> list[tuple[int, int, int, int, int]]:
+    """IPv4 TCP sockets of this network namespace: (local port, remote port, state, tx queue, rx queue)."""
+    entries = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            entries.append((local_port, remote_port, int(fields[3], 16), tx, rx))
+    return entries
+
+
+def server_has_read(server_port: int, client_port: int) -> bool:
+    """Everything the client sent was delivered (acked) and the server has read it from its socket."""
+    entries = tcp_sockets()
+    client = [e for e in entries if e[0] == client_port and e[1] == server_port]
+    served = [e for e in entries if e[0] == server_port and e[1] == client_port]
+    return bool(client) and client[0][3] == 0 and all(e[4] == 0 for e in served)
+
+
+def server_let_go(server_port: int, client_port: int) -> bool:
+    """The server has closed its side of the connection from ``client_port`` (after the client closed)."""
+    return not any(e[0] == server_port and e[1] == client_port and e[2] in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+                   for e in tcp_sockets())
