@@ -83,7 +83,7 @@ class Group:
         process = route(self.ready)
         if process is not None:
             process.sessions += 1
-            if process.concurrency is None and process.sessions > 1:
+            if self.spawning is None and len(self.processes) < self.app.max_pool_size:
                 self._maybe_spawn()
             return process
         if not self.running:
@@ -140,6 +140,11 @@ class Group:
 
     # Spawning.
     def _wants_process(self) -> bool:
+        """Passenger's rule: below min_instances, someone waiting, or no ready process left free.
+
+        "Free" is: no request in flight when the concurrency is unknown (Passenger
+        never scales such apps; we do), a slot left when it is known.
+        """
         count = len(self.processes)
         if count >= self.app.max_pool_size:
             return False
@@ -147,9 +152,11 @@ class Group:
             return True
         if not self.ready:
             return False
-        if self.ready[0].concurrency is None:
-            return all(p.sessions > 0 for p in self.ready)
-        return route(self.ready) is None
+        for process in self.ready:
+            limit = process.concurrency
+            if (process.sessions < limit) if limit else (process.sessions == 0 or limit == 0):
+                return False
+        return True
 
     def _maybe_spawn(self) -> None:
         if not self.running or self.spawning is not None or self._backoff is not None:

@@ -79,6 +79,7 @@ class AppProcess:
     shutdown_timeout: float
     log_tail: Callable[[], list[str]] = lambda: []
     transport: IProcessTransport | None = None
+    pid: int | None = None
     state: str = SPAWNING
     #: Requests in flight on this process.
     sessions: int = 0
@@ -101,9 +102,10 @@ class AppProcess:
     def __post_init__(self) -> None:
         self._machine = _LifecycleMachine(self)
 
-    @property
-    def pid(self) -> int | None:
-        return getattr(self.transport, "pid", None) if self.transport is not None else None
+    def attach(self, transport: IProcessTransport) -> None:
+        """The OS process exists; remember its pid (Twisted forgets it at exit)."""
+        self.transport = transport
+        self.pid = transport.pid
 
     # Inputs, forwarded to the machine.
     def listening(self) -> None:

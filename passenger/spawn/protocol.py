@@ -30,9 +30,11 @@ class AppProcessProtocol(ProcessProtocol):
         self._on_ended = on_ended
         self._partial = {1: b"", 2: b""}
 
-    @property
-    def pid(self) -> int | None:
-        return getattr(self.transport, "pid", None)
+    pid: int | None = None
+
+    def connectionMade(self) -> None:
+        # Kept here: Twisted clears transport.pid before processEnded.
+        self.pid = getattr(self.transport, "pid", None)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._partial.get(childFD, b"") + data

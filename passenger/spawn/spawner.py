@@ -51,7 +51,7 @@ class Spawner:
         protocol = AppProcessProtocol(app.name, ended)
         process.log_tail = lambda: list(protocol.tail)
         try:
-            process.transport = self._reactor.spawnProcess(
+            transport = self._reactor.spawnProcess(
                 protocol,
                 "/bin/sh",
                 app_argv(app),
@@ -61,6 +61,7 @@ class Spawner:
             )
         except OSError as e:
             raise SpawnError(f"could not start /bin/sh in {app.root}: {e.strerror}") from None
+        process.attach(transport)
         self.log.info("Spawning process {pid} of {app} on port {port}", pid=process.pid, app=app.name, port=port)
 
         def timed_out() -> None:
