@@ -28,6 +28,7 @@ from zope.interface import implementer
 from passenger.http.errors import error_response
 from passenger.http.headers import REQUEST_DROPPED, connection_tokens
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
+from passenger.pool.process import READY
 
 if TYPE_CHECKING:
     from passenger.pool.group import Group
@@ -42,6 +43,8 @@ PAUSED_WAITING = 4  # body buffered while the request waits for a process
 WAITING_BUFFER = 65536
 #: Attempts to place a request when processes refuse connections.
 MAX_TRIES = 3
+#: Requests that may be sent again when a kept-alive connection turns out closed (RFC 9110 §9.2.1).
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class Request:
@@ -298,7 +301,7 @@ class FrontProtocol(Protocol):
         upstream.send(self, request)
 
     def connect_failed(self, process: AppProcess, reason: Failure) -> None:
-        """The process refused the connection: nothing was sent, so try another."""
+        """The process refused the connection: try another, unless the app already saw this request."""
         if self.process is not process:
             return
         self.log.warn("Process {pid} of {app} refused a connection on port {port}: {error}",
@@ -309,7 +312,7 @@ class FrontProtocol(Protocol):
         request = self.active
         if request is None or self.disconnected:
             return
-        if request.tries >= MAX_TRIES:
+        if request.tries >= MAX_TRIES or request.sent:
             self._send_error(502, "Bad Gateway", "The application did not accept the connection.")
         else:
             self._start(request)
@@ -328,9 +331,11 @@ class FrontProtocol(Protocol):
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        if upstream.reused and not upstream.answered and not request.body and request.buffered == 0 \
-                and request.complete and process.state == "ready":
-            # A kept-alive connection the app had just closed: send again on a new one.
+        if (upstream.reused and not upstream.answered and request.method in SAFE_METHODS
+                and not request.has_body and process.state == READY):
+            # The app may have closed this kept-alive connection just before we
+            # reused it.  A safe request can go again, once, on a new connection.
+            request.tries = MAX_TRIES
             self.factory.reactor.connectTCP(process.host, process.port, UpstreamFactory(process, self), timeout=10)
             return
         self.log.warn("Process {pid} of {app} closed the connection without answering ({reason})",
@@ -380,7 +385,7 @@ class FrontProtocol(Protocol):
             request.keep_alive = False
             if upstream.transport is not None:
                 upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
-        if reusable and process.state == "ready" and not upstream.closed:
+        if reusable and process.state == READY and not upstream.closed:
             process.idle.append(upstream)
         elif upstream.transport is not None:
             upstream.transport.loseConnection()

@@ -22,10 +22,10 @@ _STREAMS = {1: "stdout", 2: "stderr"}
 
 
 class AppProcessProtocol(ProcessProtocol):
-    log = Logger(namespace="passenger.app")
-
     def __init__(self, app: str, on_ended: Callable[[Failure], None]) -> None:
         self.app = app
+        # One namespace per app, so the text log shows whose output a line is.
+        self.log = Logger(namespace=f"passenger.app.{app}")
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._on_ended = on_ended
         self._partial = {1: b"", 2: b""}

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -62,7 +62,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready: int = 1, timeout: float = 20.0) -> "Server":
+    def start(self, ready: int = 1, timeout: float = 20.0) -> Server:
         cmd = [TWISTD, "-n", "--logfile", str(self.log_path), "--pidfile", str(self.log_path.with_suffix(".pid")),
                *self.twistd_args, "passenger",
                "--address", "127.0.0.1", "--port", str(self.port), *self.args]
@@ -173,16 +173,16 @@ class RawRequest:
     server has read the request (``server_has_read``) or close it early.
     """
 
-    def __init__(self, port: int, path: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, path: str, host: str = "127.0.0.1", method: str = "GET") -> None:
         self.server_port = port
         self.sock = socket.create_connection((host, port), timeout=10)
+        #: Kept: the socket cannot tell its port once closed.
+        self.client_port = int(self.sock.getsockname()[1])
         self.started = time.monotonic()
+        length = "Content-Length: 0\r\n" if method not in ("GET", "HEAD") else ""
         self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode("ascii"))
-
-    @property
-    def client_port(self) -> int:
-        return int(self.sock.getsockname()[1])
+            f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{length}Connection: close\r\n\r\n"
+            .encode("ascii"))
 
     def response(self, timeout: float = 10.0) -> RawResponse:
         """Read until the server closes; fail (socket.timeout) if that takes longer than ``timeout``."""
