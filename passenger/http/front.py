@@ -299,6 +299,8 @@ class FrontProtocol(Protocol):
             return
         self.upstream = upstream
         upstream.send(self, request)
+        # What was held while waiting is on its way: read the rest of the body.
+        self._resume(PAUSED_WAITING)
 
     def connect_failed(self, process: AppProcess, reason: Failure) -> None:
         """The process refused the connection: try another, unless the app already saw this request."""
@@ -377,6 +379,10 @@ class FrontProtocol(Protocol):
         upstream.front = None
         if transport is not None and self.responding:
             transport.unregisterProducer()
+            # A slow client may have paused the app connection on the last piece;
+            # unregistering does not resume it, and an idle connection must read.
+            if upstream.transport is not None:
+                upstream.transport.resumeProducing()  # type: ignore[attr-defined]
         self.responding = False
         process = upstream.process
         if request is not None and not request.complete:
@@ -385,6 +391,7 @@ class FrontProtocol(Protocol):
             request.keep_alive = False
             if upstream.transport is not None:
                 upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self._resume(PAUSED_UPSTREAM)
         if reusable and process.state == READY and not upstream.closed:
             process.idle.append(upstream)
         elif upstream.transport is not None:

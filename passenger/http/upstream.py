@@ -130,6 +130,9 @@ class UpstreamConnection(Protocol):
         if request.chunked and not request.upgrade:
             transport.write(_CHUNK_END)
         transport.unregisterProducer()
+        # The app connection may have paused the client on the last piece of body.
+        if self.front is not None:
+            self.front.resumeProducing()
 
     # Receiving.
     def dataReceived(self, data: bytes) -> None:
