@@ -93,7 +93,10 @@ class Server:
         return [int(m) for m in re.findall(r"Spawning process (\d+)", self.log())]
 
     def output(self) -> str:
-        return ""
+        """What twistd printed itself (usage errors, tracebacks before logging starts)."""
+        if self.proc is None or self.proc.poll() is None or self.proc.stdout is None:
+            return ""
+        return self.proc.stdout.read().decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -79,3 +79,40 @@ def test_unix_listener(serve, tmp_path: Path) -> None:
     headers = _headers_seen_by_app(raw)
     assert headers["x-forwarded-proto"] == "http"
     assert "x-forwarded-for" not in headers  # no IP peer on a Unix socket
+
+
+def test_systemd_socket_activation(tmp_path: Path) -> None:
+    """systemd passes the listening socket as fd 3, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID=<our pid>."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from tests.integration.conftest import TWISTD, wait_for
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    log = tmp_path / "systemd.log"
+    args = echo_app_args("--listen", "systemd:domain=INET:index=0")
+    # The shell sets LISTEN_PID to its own pid, which twistd keeps when it execs.
+    command = ('LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" -n --pidfile "" --logfile "$1" passenger "${@:2}"')
+
+    def as_fd_3() -> None:
+        if listener.fileno() == 3:
+            os.set_inheritable(3, True)  # dup2(3, 3) would leave close-on-exec set
+        else:
+            os.dup2(listener.fileno(), 3)
+
+    proc = subprocess.Popen(["/bin/bash", "-c", command, TWISTD, str(log), *args], close_fds=False, preexec_fn=as_fd_3)
+    try:
+        wait_for(lambda: "is ready" in (log.read_text() if log.exists() else ""), 20, what="the app to be ready")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=10) as response:
+            assert response.status == 200
+            assert int(response.read()) > 0
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
