@@ -38,6 +38,18 @@ class AppConfig:
     envvars: Mapping[str, str] = attrs.field(factory=dict)
     #: Seconds between TERM and KILL when a process is stopped.
     shutdown_timeout: float = 30.0
+    #: The app speaks SpawningKit's Kuria protocol: no $PORT; it reports its sockets.
+    kuria: bool = False
+    #: Where spawn work directories go (None: $TMPDIR or /tmp).
+    spawn_dir: str | None = None
+    #: Keep each spawn's work directory, for debugging.
+    debug_spawn_dir: bool = False
+    #: Status of the answer when the app cannot start (Passenger: 500).
+    spawn_error_status: int = 500
+    #: Show the detailed spawn error page (None: only with environment "development").
+    friendly_error_pages: bool | None = None
+    #: The page served instead when the app cannot start (its bytes, read at start).
+    custom_error_page: bytes | None = None
 
 
 @attrs.frozen

@@ -158,7 +158,8 @@ def _check_listen(description: str) -> None:
     try:
         endpoint = endpoints.serverFromString(None, description)
     except IndexError:
-        raise ConfigError(f"--listen {description!r}: systemd passed no socket at that index (see LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID)") from None
+        raise ConfigError(f"--listen {description!r}: systemd passed no socket at that index "
+                          "(see LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID)") from None
     except OSError as e:
         raise ConfigError(f"--listen {description!r}: {e.strerror}: {e.filename}") from None
     except (ValueError, TypeError, KeyError) as e:

@@ -20,9 +20,14 @@ def error_response(status: int, title: str, detail: str, keep_alive: bool) -> by
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} {html.escape(title)}</title></head>\n"
         f"<body><h1>{status} {html.escape(title)}</h1>\n<p>{html.escape(detail)}</p>\n<hr><p>passenger</p></body></html>\n"
     ).encode()
+    return page_response(status, body, "text/html; charset=utf-8", keep_alive)
+
+
+def page_response(status: int, body: bytes, content_type: str, keep_alive: bool) -> bytes:
+    """A complete HTTP/1.1 response the server answers itself; never cached."""
     head = (
-        f"HTTP/1.1 {status} {REASONS.get(status, title)}\r\n"
-        "Content-Type: text/html; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-cache, no-store, must-revalidate\r\n"
         + ("" if keep_alive else "Connection: close\r\n")

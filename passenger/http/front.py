@@ -25,10 +25,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from passenger.http.errors import error_response
+from passenger.http.errors import error_response, page_response
 from passenger.http.headers import REQUEST_DROPPED, connection_tokens
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
 from passenger.pool.process import READY
+from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
 
 if TYPE_CHECKING:
     from passenger.pool.group import Group
@@ -115,7 +116,8 @@ class FrontProtocol(Protocol):
         peer = transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             self.peer = peer.host.encode("ascii")
-            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            if hasattr(transport, "setTcpNoDelay"):
+                transport.setTcpNoDelay(True)
         if ISSLTransport.providedBy(transport):
             self.scheme = b"https"
         self.factory.connections.add(self)
@@ -283,12 +285,35 @@ class FrontProtocol(Protocol):
             upstream.reused = True
             self.upstream_connected(upstream)
         else:
-            self.factory.reactor.connectTCP(process.host, process.port, UpstreamFactory(process, self), timeout=10)
+            process.connect(self.factory.reactor, UpstreamFactory(process, self))
 
     def reject(self, status: int, title: str, detail: str) -> None:
         """Waiter: no process will come."""
         self.process = None
         self._send_error(status, title, detail)
+
+    def spawn_failed(self, report: SpawnReport) -> None:
+        """Waiter: the app cannot start; answer as Passenger does (§1.8), with its error ID."""
+        self.process = None
+        request = self.active
+        app = self.group.app
+        accept = content_type = None
+        if request is not None:
+            for name, value in request.headers:
+                lname = name.lower()
+                if lname == b"accept":
+                    accept = value
+                elif lname == b"content-type":
+                    content_type = value
+        detailed = app.friendly_error_pages if app.friendly_error_pages is not None else app.environment == "development"
+        if app.custom_error_page is not None:
+            body, kind = app.custom_error_page, "text/html; charset=utf-8"
+        elif prefers_json(accept, content_type):
+            body, kind = render_json(report, detailed), "application/json"
+        else:
+            body = render_detailed_html(report) if detailed else render_generic_html(report)
+            kind = "text/html; charset=utf-8"
+        self._send_page(app.spawn_error_status, body, kind)
 
     def upstream_connected(self, upstream: UpstreamConnection) -> None:
         request = self.active
@@ -338,7 +363,7 @@ class FrontProtocol(Protocol):
             # The app may have closed this kept-alive connection just before we
             # reused it.  A safe request can go again, once, on a new connection.
             request.tries = MAX_TRIES
-            self.factory.reactor.connectTCP(process.host, process.port, UpstreamFactory(process, self), timeout=10)
+            process.connect(self.factory.reactor, UpstreamFactory(process, self))
             return
         self.log.warn("Process {pid} of {app} closed the connection without answering ({reason})",
                       pid=process.pid, app=process.app, reason=reason.getErrorMessage())
@@ -417,6 +442,10 @@ class FrontProtocol(Protocol):
             self._resume(PAUSED_PIPELINE)
 
     def _send_error(self, status: int, title: str, detail: str) -> None:
+        self._send_page(status, None, title, detail)
+
+    def _send_page(self, status: int, body: bytes | None, kind: str, detail: str = "") -> None:
+        """Answer the active request ourselves: ``body`` of type ``kind``, or a small page titled ``kind``."""
         request = self.active
         transport = self.transport
         if transport is None or self.disconnected:
@@ -426,7 +455,10 @@ class FrontProtocol(Protocol):
                       and (request.complete or not request.has_body))
         if request is not None:
             request.keep_alive = keep_alive
-        transport.write(error_response(status, title, detail, keep_alive))
+        if body is None:
+            transport.write(error_response(status, kind, detail, keep_alive))
+        else:
+            transport.write(page_response(status, body, kind, keep_alive))
         self._next(request)
 
     def _bad_request(self, why: str, status: int = 400) -> None:

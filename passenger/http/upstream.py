@@ -57,7 +57,8 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        if self.process.unix_path is None:
+            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         self.process.connections.add(self)
         front = self.front
         if front is None:

@@ -10,7 +10,9 @@ is busy.  Spawns are serial, one at a time per group, as in Passenger.
 from __future__ import annotations
 
 import collections
+import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -20,10 +22,13 @@ from twisted.logger import Logger
 from passenger.config import AppConfig
 from passenger.pool.process import DEAD, READY, AppProcess
 from passenger.pool.routing import route
+from passenger.spawn.failure import minimal_report, save_failure
+from passenger.spawn.report import SpawnReport, log_line
 
-#: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF.
+#: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF,
+#: with +/-25% jitter so that many apps failing together do not retry in step.
 FIRST_BACKOFF = 0.5
-MAX_BACKOFF = 10.0
+MAX_BACKOFF = 60.0
 
 
 class Waiter(Protocol):
@@ -35,6 +40,9 @@ class Waiter(Protocol):
     def reject(self, status: int, title: str, detail: str) -> None:
         """No process will come: answer with this error."""
 
+    def spawn_failed(self, report: SpawnReport) -> None:
+        """No process will come because the app cannot start: show its report."""
+
 
 class SpawnerLike(Protocol):
     def spawn(self, app: AppConfig, number: int, observer: Any, ports_in_use: Any = ()) -> AppProcess: ...
@@ -43,8 +51,10 @@ class SpawnerLike(Protocol):
 class Group:
     log = Logger()
 
-    def __init__(self, app: AppConfig, spawner: SpawnerLike, clock: Any) -> None:
+    def __init__(self, app: AppConfig, spawner: SpawnerLike, clock: Any,
+                 jitter: Callable[[], float] = random.random) -> None:
         self.app = app
+        self._jitter = jitter
         self._spawner = spawner
         self._clock = clock
         #: Live processes in the pool (spawning or ready), oldest first.
@@ -58,7 +68,8 @@ class Group:
         self.running = False
         self.spawned = 0
         self.failures = 0
-        self.last_error: str | None = None
+        #: Why the last spawn failed, while no spawn has succeeded since.
+        self.last_failure: SpawnReport | None = None
         self._backoff: IDelayedCall | None = None
 
     # Life of the group.
@@ -95,9 +106,8 @@ class Group:
             waiter.reject(503, "Service Unavailable",
                           "This website is under heavy load (queue full). Please try again in a moment.")
             return None
-        if not self.ready and self.spawning is None and self._backoff is not None:
-            waiter.reject(500, "Internal Server Error",
-                          f"The application could not be started: {self.last_error}")
+        if not self.ready and self.spawning is None and self._backoff is not None and self.last_failure:
+            waiter.spawn_failed(self.last_failure)  # back-off: no spawn storm, the last error at once
             return None
         self.queue.append(waiter)
         self._maybe_spawn()
@@ -167,8 +177,8 @@ class Group:
         try:
             process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
         except Exception as e:
-            self.log.error("Could not spawn a process of {app}: {error}", app=self.app.name, error=str(e))
-            self._spawn_failed(str(e))
+            report = getattr(e, "report", None) or minimal_report(self.app, str(e))
+            self._spawn_failed(report)
             return
         self.spawning = process
         self.processes.append(process)
@@ -181,23 +191,22 @@ class Group:
         if self.spawning is process:
             self.spawning = None
         self.failures = 0
-        self.last_error = None
+        self.last_failure = None
         self.ready.append(process)
         self.ready.sort(key=lambda p: p.number)
         self._dispatch()
         self._maybe_spawn()
 
     def process_failed(self, process: AppProcess, reason: str) -> None:
-        tail = "\n".join(process.log_tail()[-20:])
-        self.log.error("Could not spawn process {pid} of {app}: {reason}\n{tail}",
-                       pid=process.pid, app=self.app.name, reason=reason, tail=tail)
+        report = process.failure or minimal_report(self.app, f"process {process.pid} {reason}", process.pid,
+                                                   tuple(process.log_tail()[-50:]))
         self._forget(process)
         if process.state != DEAD:
             self.leaving.add(process)
             process.wait_stopped().addCallback(lambda _: self.leaving.discard(process))
         if self.spawning is process:
             self.spawning = None
-        self._spawn_failed(f"process {process.pid} {reason}")
+        self._spawn_failed(report)
 
     def process_exited(self, process: AppProcess, reason: str) -> None:
         self.log.warn("Process {pid} of {app} {reason}; removed from the pool",
@@ -211,15 +220,17 @@ class Group:
         if process in self.ready:
             self.ready.remove(process)
 
-    def _spawn_failed(self, reason: str) -> None:
+    def _spawn_failed(self, report: SpawnReport) -> None:
         self.failures += 1
-        self.last_error = reason
+        self.last_failure = report
+        saved = save_failure(report, self.app.spawn_dir)
+        self.log.error("{line}\n{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
+                       error_id=report.error_id, tail="\n".join(report.output[-20:]))
         if not self.ready:
             while self.queue:
-                self.queue.popleft().reject(500, "Internal Server Error",
-                                            f"The application could not be started: {reason}")
+                self.queue.popleft().spawn_failed(report)
         if self.running:
-            delay = min(FIRST_BACKOFF * 2 ** (self.failures - 1), MAX_BACKOFF)
+            delay = min(FIRST_BACKOFF * 2 ** (self.failures - 1), MAX_BACKOFF) * (0.75 + 0.5 * self._jitter())
             self._backoff = self._clock.callLater(delay, self._backoff_over)
 
     def _backoff_over(self) -> None:

@@ -65,6 +65,9 @@ class _Lifecycle(Protocol):
     def kill_timed_out(self) -> None:
         """TERM was not enough within the shutdown timeout."""
 
+    def handshake_failed(self) -> None:
+        """The app reported failure or broke the handshake (its report is in ``failure``)."""
+
 
 @dataclass(eq=False)
 class AppProcess:
@@ -89,6 +92,10 @@ class AppProcess:
     ready_at: float | None = None
     last_used: float = field(default_factory=time.time)
     exit_reason: str | None = None
+    #: Set (a SpawnReport) when the process failed to start.
+    failure: Any = None
+    #: Where requests go: a Unix socket the app reported, else host:port.
+    unix_path: str | None = None
     #: Keep-alive connections to this process, idle and ready for a request.
     idle: list[UpstreamConnection] = field(default_factory=list)
     #: Every open connection to this process.
@@ -123,6 +130,16 @@ class AppProcess:
 
     def kill_timed_out(self) -> None:
         self._machine.kill_timed_out()
+
+    def handshake_failed(self) -> None:
+        self._machine.handshake_failed()
+
+    def connect(self, reactor: Any, factory: Any) -> None:
+        """Open a connection to where this process takes requests."""
+        if self.unix_path is not None:
+            reactor.connectUNIX(self.unix_path, factory, timeout=10)
+        else:
+            reactor.connectTCP(self.host, self.port, factory, timeout=10)
 
     # Helpers used by the machine's outputs.
     def arm(self, seconds: float, action: Callable[[], None]) -> None:
@@ -194,6 +211,14 @@ def _build() -> Callable[[AppProcess], _Lifecycle]:
         p.arm(p.shutdown_timeout, p.kill_timed_out)
         p.observer.process_failed(p, p.exit_reason)
 
+    @Spawning.upon(_Lifecycle.handshake_failed).to(Stopping)
+    def handshake_failed(i: _Lifecycle, p: AppProcess) -> None:
+        p.state = STOPPING
+        p.exit_reason = "failed its startup handshake; killed"
+        p.signal("KILL")
+        p.arm(p.shutdown_timeout, p.kill_timed_out)
+        p.observer.process_failed(p, p.exit_reason)
+
     @Spawning.upon(_Lifecycle.exited).to(Dead)
     def exited_early(i: _Lifecycle, p: AppProcess, reason: Failure) -> None:
         p.observer.process_failed(p, "exited before it was ready: " + p.finish(reason))
@@ -232,6 +257,8 @@ def _build() -> Callable[[AppProcess], _Lifecycle]:
     Stopping.upon(_Lifecycle.start_timed_out).loop().returns(None)
     Dead.upon(_Lifecycle.start_timed_out).loop().returns(None)
     Dead.upon(_Lifecycle.kill_timed_out).loop().returns(None)
+    for state in (Ready, Stopping, Dead):
+        state.upon(_Lifecycle.handshake_failed).loop().returns(None)
     return b.build()
 
 

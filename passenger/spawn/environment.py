@@ -22,6 +22,6 @@ def app_environment(app: AppConfig, port: int | None, inherited: Mapping[str, st
     return env
 
 
-def app_argv(app: AppConfig) -> list[str]:
+def app_argv(app: AppConfig, prologue: str = "") -> list[str]:
     """``/bin/sh -c "exec <command>"``: the shell expands $PORT, then becomes the app."""
-    return ["/bin/sh", "-c", "exec " + app.start_command]
+    return ["/bin/sh", "-c", prologue + "exec " + app.start_command]

@@ -1,27 +1,214 @@
-"""Spawning one generic app process: port, environment, ``/bin/sh -c "exec …"``, probe.
+"""Spawning one app process and performing its startup handshake (passenger-gls.md §1.2).
 
-The spawner wires the pieces together and leaves every decision about the
-process's life to its lifecycle machine and its group.
+Preparation (work directory, port, environment), the fork, then the handshake:
+a generic app is ready at the first TCP connect to its ``$PORT``; a Kuria app
+when it writes ``1`` to ``response/finish`` and lists its sockets in
+``properties.json``.  Every way this can fail ends in one SpawnReport that
+says what happened, with the journey, the app's output and its environment.
+The process's life after that belongs to its lifecycle machine and its group.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from passenger import __version__
 from passenger.config import AppConfig
-from passenger.pool.process import AppProcess, ProcessObserver
+from passenger.pool.process import AppProcess, ProcessObserver, describe_exit
+from passenger.spawn import journey as steps
 from passenger.spawn.environment import app_argv, app_environment
-from passenger.spawn.ports import PortAllocator
+from passenger.spawn.finish import FinishSignal
+from passenger.spawn.journey import Journey
+from passenger.spawn.ports import NoFreePort, PortAllocator
 from passenger.spawn.probe import PortProbe
+from passenger.spawn.properties import PropertiesError, parse_properties, process_concurrency
 from passenger.spawn.protocol import AppProcessProtocol
+from passenger.spawn.report import CATEGORIES, JourneyStep, SpawnReport, default_texts, new_error_id
+from passenger.spawn.workdir import PROPERTIES_CAP, WorkDir, user_info_text
+
+#: Lines of the app's output a report shows.
+REPORT_OUTPUT_LINES = 50
 
 
 class SpawnError(RuntimeError):
-    """The OS refused to start the process at all."""
+    """The process could not be started at all; ``report`` (when there is one) says why."""
+
+    def __init__(self, report: SpawnReport | str) -> None:
+        if isinstance(report, str):
+            super().__init__(report)
+            self.report: SpawnReport | None = None
+        else:
+            super().__init__(report.summary)
+            self.report = report
+
+
+def _gupid() -> str:
+    """Passenger's process id string: minutes since the epoch in hex, a dash, 10 random characters."""
+    return f"{int(time.time() // 60):x}-{secrets.token_urlsafe(8)[:10]}"
+
+
+class Handshake:
+    """Waits for one process to be ready, or builds the report of why it is not."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, app: AppConfig, process: AppProcess, workdir: WorkDir, journey: Journey,
+                 protocol: AppProcessProtocol, env: dict[str, str], forked_at: float) -> None:
+        self._reactor = reactor
+        self._app = app
+        self._process = process
+        self._workdir = workdir
+        self._journey = journey
+        self._protocol = protocol
+        self._env = env
+        self._forked_at = forked_at
+        self._probe: PortProbe | None = None
+        self._finish: FinishSignal | None = None
+        self.done = False
+
+    def start(self) -> None:
+        self._journey.begin(steps.HANDSHAKE)
+        self._process.arm(self._app.start_timeout, self._timed_out)
+        if self._app.kuria:
+            self._finish = FinishSignal(self._reactor, self._workdir.finish_fifo, self._finish_written)
+            self._finish.start()
+        else:
+            self._probe = PortProbe(self._reactor, self._reactor, self._process.port, self._port_open)
+            self._probe.start()
+
+    def _stop_watching(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+        if self._finish is not None:
+            self._finish.stop()
+
+    # Outcomes.
+    def _port_open(self) -> None:
+        """A generic app listens on $PORT; it may also have described itself in properties.json."""
+        if self.done:
+            return
+        data = self._workdir.read("response/properties.json", PROPERTIES_CAP)
+        if data is not None:
+            try:
+                self._adopt(parse_properties(data, os.getuid(), require_http=False))
+            except PropertiesError as e:
+                return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
+        self._succeed()
+
+    def _finish_written(self, data: bytes) -> None:
+        if self.done:
+            return
+        if data == b"1":
+            raw = self._workdir.read("response/properties.json", PROPERTIES_CAP)
+            if raw is None:
+                return self._fail("INTERNAL_ERROR",
+                                  "The application reported success but wrote no response/properties.json")
+            try:
+                self._adopt(parse_properties(raw, os.getuid(), require_http=True))
+            except PropertiesError as e:
+                return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
+            return self._succeed()
+        if data == b"0":
+            return self._fail("INTERNAL_ERROR",
+                              f"The web application (process {self._process.pid}) aborted with an error during startup.",
+                              from_app=True)
+        self._fail("INTERNAL_ERROR", f"The application wrote {data!r} to response/finish; expected '1' or '0'.")
+
+    def _adopt(self, sockets: list[Any]) -> None:
+        http = [s for s in sockets if s.accept_http]
+        if http:
+            kind, where, port = http[0].endpoint
+            if kind == "unix":
+                self._process.unix_path = where
+            else:
+                self._process.host, self._process.port = where, port
+            if self._app.concurrency is None:
+                self._process.concurrency = process_concurrency(sockets)
+
+    def _succeed(self) -> None:
+        self.done = True
+        self._stop_watching()
+        now = time.time()
+        self._journey.read_app_side(self._workdir, self._forked_at)
+        for name in (steps.APP_START, steps.LISTEN):
+            if self._journey.steps[name].state != steps.PERFORMED:
+                self._journey.performed(name, now)
+        self._journey.performed(steps.HANDSHAKE, now)
+        self._journey.performed(steps.FINISH, now)
+        if not self._app.debug_spawn_dir:
+            self._workdir.remove()
+        self._process.listening()
+
+    def _timed_out(self) -> None:
+        if self.done:
+            return
+        self._fail("TIMEOUT_ERROR", f"A timeout occurred while spawning application process {self._process.pid}: "
+                   f"it was not ready within the start timeout of {self._app.start_timeout:g}s; killed.",
+                   timeout=True)
+
+    def exited(self, reason: Failure) -> None:
+        """The process ended; if the handshake was still going on, that is the failure."""
+        if not self.done:
+            self._report("INTERNAL_ERROR",
+                         f"The application process {self._process.pid} exited prematurely ({describe_exit(reason)}).",
+                         from_app=True)
+
+    def _fail(self, category: str, summary: str, from_app: bool = False, timeout: bool = False) -> None:
+        self._report(category, summary, from_app)
+        if timeout:
+            self._process.start_timed_out()
+        else:
+            self._process.handshake_failed()
+
+    def _report(self, category: str, summary: str, from_app: bool = False) -> None:
+        self.done = True
+        self._stop_watching()
+        journey = self._journey
+        journey.read_app_side(self._workdir, self._forked_at)
+        failed = journey.in_progress()
+        if failed is not None:
+            journey.errored(failed.name)
+        app_error = self._workdir.app_error() if from_app else {}
+        if app_error.get("summary"):
+            summary = f"{summary} {app_error['summary']}"
+        if app_error.get("category") in CATEGORIES:
+            category = app_error["category"]
+        problem, solution = default_texts(category, failed.name if failed else None)
+        problem = app_error.get("problem_description.html") or _escape(app_error.get("problem_description.txt")) or problem
+        solution = (app_error.get("solution_description.html") or _escape(app_error.get("solution_description.txt"))
+                    or solution)
+        self._process.failure = SpawnReport(
+            app=self._app.name,
+            app_root=self._app.root,
+            error_id=new_error_id(),
+            category=category,
+            summary=summary,
+            problem_html=problem,
+            solution_html=solution,
+            advanced=app_error.get("advanced_problem_details", ""),
+            journey=tuple(JourneyStep(name, state, seconds) for name, state, seconds in journey.rows()),
+            output=tuple(self._protocol.tail)[-REPORT_OUTPUT_LINES:],
+            envvars=self._env,
+            user_info=self._workdir.read_text("envdump/user_info") or "",
+            ulimits=self._workdir.read_text("envdump/ulimits") or "",
+            annotations=self._workdir.annotations(),
+            pid=self._process.pid,
+        )
+        if not self._app.debug_spawn_dir:
+            self._workdir.remove()
+
+
+def _escape(text: str | None) -> str:
+    import html
+
+    return "" if not text else "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"
 
 
 class Spawner:
@@ -31,43 +218,111 @@ class Spawner:
         self._reactor = reactor
         self._ports = ports or PortAllocator()
 
-    def spawn(self, app: AppConfig, number: int, observer: ProcessObserver, ports_in_use: Iterable[int] = ()) -> AppProcess:
-        port = self._ports.allocate(set(ports_in_use))
+    def spawn(self, app: AppConfig, number: int, observer: ProcessObserver,
+              ports_in_use: Iterable[int] = ()) -> AppProcess:
+        journey = Journey()
+        journey.begin(steps.PREPARATION)
+        try:
+            if not os.path.isdir(app.root) or not os.access(app.root, os.R_OK | os.X_OK):
+                raise OSError(f"the app root {app.root} does not exist or cannot be entered")
+            port = None if app.kuria else self._ports.allocate(set(ports_in_use))
+            workdir = WorkDir.create(app.spawn_dir or _default_spawn_dir())
+        except (OSError, NoFreePort) as e:
+            journey.errored(steps.PREPARATION)
+            raise SpawnError(self._early_report(app, journey, str(e) if not isinstance(e, OSError) or not e.strerror
+                                                else e.strerror)) from None
         process = AppProcess(
             app=app.name,
             number=number,
-            port=port,
+            port=port or 0,
             concurrency=app.concurrency,
             clock=self._reactor,
             observer=observer,
             shutdown_timeout=app.shutdown_timeout,
         )
-        probe = PortProbe(self._reactor, self._reactor, port, process.listening)
+        env = app_environment(app, port)
+        env["PASSENGER_SPAWN_WORK_DIR"] = workdir.path
+        try:
+            workdir.prepare(self._args(app, port), env, user_info_text())
+        except OSError as e:
+            workdir.remove()
+            journey.errored(steps.PREPARATION)
+            raise SpawnError(self._early_report(app, journey, f"cannot prepare the spawn work directory: {e}")) from None
+        journey.performed(steps.PREPARATION)
+
+        handshake: Handshake | None = None
 
         def ended(reason: Failure) -> None:
-            probe.stop()
+            if handshake is not None:
+                handshake.exited(reason)
             process.exited(reason)
 
         protocol = AppProcessProtocol(app.name, ended)
         process.log_tail = lambda: list(protocol.tail)
+        journey.begin(steps.FORK)
+        forked_at = time.time()
         try:
             transport = self._reactor.spawnProcess(
-                protocol,
-                "/bin/sh",
-                app_argv(app),
-                env=app_environment(app, port),
-                path=app.root,
+                protocol, "/bin/sh", app_argv(app, steps.shell_prologue()), env=env, path=app.root,
                 childFDs={0: "w", 1: "r", 2: "r"},
             )
         except OSError as e:
-            raise SpawnError(f"could not start /bin/sh in {app.root}: {e.strerror}") from None
+            workdir.remove()
+            journey.errored(steps.FORK)
+            raise SpawnError(self._early_report(app, journey, f"could not start /bin/sh in {app.root}: {e.strerror}")) from None
         process.attach(transport)
-        self.log.info("Spawning process {pid} of {app} on port {port}", pid=process.pid, app=app.name, port=port)
-
-        def timed_out() -> None:
-            probe.stop()
-            process.start_timed_out()
-
-        process.arm(app.start_timeout, timed_out)
-        probe.start()
+        journey.performed(steps.FORK)
+        journey.begin(steps.BEFORE_EXEC, forked_at)
+        self.log.info("Spawning process {pid} of {app} {where}", pid=process.pid, app=app.name,
+                      where="(Kuria protocol)" if app.kuria else f"on port {port}")
+        handshake = Handshake(self._reactor, app, process, workdir, journey, protocol, env, forked_at)
+        handshake.start()
         return process
+
+    def _args(self, app: AppConfig, port: int | None) -> dict[str, Any]:
+        """args.json, as Passenger's SpawningKit writes it (secrets included: the directory is private)."""
+        args: dict[str, Any] = {
+            "passenger_version": __version__,
+            "integration_mode": "standalone",
+            "gupid": _gupid(),
+            "UNIX_PATH_MAX": 108,
+            "app_group_name": app.name,
+            "app_root": app.root,
+            "app_env": app.environment,
+            "app_type": "",
+            "generic_app": not app.kuria,
+            "starts_using_wrapper": False,
+            "spawn_method": "direct",
+            "start_command": app.start_command,
+            "environment_variables": dict(app.envvars),
+            "log_level": 3,
+            "user": _user_name(os.getuid()),
+        }
+        if port is not None:
+            args["expected_start_port"] = port
+        return args
+
+    def _early_report(self, app: AppConfig, journey: Journey, why: str) -> SpawnReport:
+        failed = journey.in_progress()
+        category = "FILE_SYSTEM_ERROR" if "root" in why or "directory" in why else "OPERATING_SYSTEM_ERROR"
+        problem, solution = default_texts(category, failed.name if failed else steps.PREPARATION)
+        return SpawnReport(
+            app=app.name, app_root=app.root, error_id=new_error_id(), category=category,
+            summary=f"Could not start a process of {app.name}: {why}",
+            problem_html=problem, solution_html=solution,
+            journey=tuple(JourneyStep(n, s, d) for n, s, d in journey.rows()),
+            envvars=app_environment(app, None), user_info=user_info_text(),
+        )
+
+
+def _default_spawn_dir() -> str:
+    return os.environ.get("TMPDIR") or "/tmp"
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

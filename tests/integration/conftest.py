@@ -66,7 +66,9 @@ class Server:
         cmd = [TWISTD, "-n", "--logfile", str(self.log_path), "--pidfile", str(self.log_path.with_suffix(".pid")),
                *self.twistd_args, "passenger",
                "--address", "127.0.0.1", "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Spawn work directories and error reports go to the test's own directory.
+        env = {**os.environ, "TMPDIR": str(self.log_path.parent)}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         if ready:
             self.wait_ready(ready, timeout)
         return self

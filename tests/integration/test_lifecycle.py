@@ -212,8 +212,9 @@ def test_app_that_never_listens_is_killed_at_start_timeout(serve: Serve) -> None
     assert took < 5, f"the request took {took:.2f}s"
     assert headers.get("content-type", "").startswith("text/html")
 
-    server.wait_log(rf"Could not spawn process {pid} of \S+: did not start listening within the start timeout; killed",
-                    timeout=5)
+    server.wait_log(rf"Could not spawn process for application \S+ \(apps\): A timeout occurred while spawning "
+                    rf"application process {pid}: .*start timeout of 1s; killed\. \[Error ID: [0-9a-f]{{8}}; "
+                    r"details saved to \S+passenger-error-[0-9a-f]{8}\.html\]", timeout=5)
     wait_for(lambda: not pid_exists(pid), 5, what=f"process {pid} to be killed and reaped")
 
 
@@ -233,7 +234,8 @@ def test_app_that_exits_at_once_is_reported_with_its_output(serve: Serve) -> Non
 
     log = server.log()
     assert re.search(rf"App {pid} stderr: boom\n", log), log
-    assert re.search(rf"Could not spawn process {pid} of apps: exited before it was ready: exited with status 7\n"
+    assert re.search(rf"Could not spawn process for application \S+ \(apps\): The application process {pid} exited "
+                     r"prematurely \(exited with status 7\)\. \[Error ID: [0-9a-f]{8}; details saved to \S+\]\n"
                      r"\s*\[stderr\] boom", log), \
         f"the failure should name pid {pid}, the app, the status and the output:\n{log}"
 

@@ -15,6 +15,7 @@ fake cannot drift from the real thing unnoticed.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,8 @@ _pids = itertools.count(41000)
 
 
 def make_app(**overrides: Any) -> AppConfig:
-    """An AppConfig for tests; nothing on disk is looked at."""
-    values: dict[str, Any] = dict(name="app", root="/srv/app", start_command="serve --port $PORT")
+    """An AppConfig for tests, rooted in the (per-test) temporary directory."""
+    values: dict[str, Any] = dict(name="app", root=os.environ.get("TMPDIR", "/tmp"), start_command="serve --port $PORT")
     values.update(overrides)
     return AppConfig(**values)
 
@@ -270,12 +271,18 @@ class RecordingWaiter:
         self.name = name
         self.delivered: list[AppProcess] = []
         self.rejected: list[tuple[int, str, str]] = []
+        self.reports: list[Any] = []
 
     def deliver(self, process: AppProcess) -> None:
         self.delivered.append(process)
 
     def reject(self, status: int, title: str, detail: str) -> None:
         self.rejected.append((status, title, detail))
+
+    def spawn_failed(self, report: Any) -> None:
+        """Recorded as a rejection with the report's status and summary, and the report kept."""
+        self.reports.append(report)
+        self.rejected.append((500, "spawn failed", report.summary))
 
     @property
     def waiting(self) -> bool:

@@ -27,7 +27,7 @@ from tests.unit.fakes import (
 def make_group(**app: Any) -> tuple[Group, FakeSpawner, Clock]:
     clock = Clock()
     spawner = FakeSpawner(clock)
-    return Group(make_app(**app), spawner, clock), spawner, clock
+    return Group(make_app(**app), spawner, clock, jitter=lambda: 0.5), spawner, clock  # no jitter
 
 
 def started(**app: Any) -> tuple[Group, FakeSpawner, Clock]:
@@ -305,7 +305,7 @@ def test_backoff_doubles_up_to_the_maximum_and_resets_after_a_success() -> None:
     seen = []
     for _ in expected:
         transport_of(group.spawning).end(code=1)  # type: ignore[arg-type]
-        [backoff] = [d for d in delays(clock) if d < 60]
+        [backoff] = [d for d in delays(clock) if d <= MAX_BACKOFF]  # not the start timeout (90 s)
         seen.append(backoff)
         clock.advance(backoff + 1e-9)
     assert seen == pytest.approx(expected)

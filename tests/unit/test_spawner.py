@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 from twisted.internet.error import ConnectionRefusedError
@@ -10,6 +11,7 @@ from twisted.python.failure import Failure
 
 from passenger.spawn import ports as ports_module
 from passenger.spawn.ports import NoFreePort, PortAllocator
+from passenger.spawn.journey import shell_prologue
 from passenger.spawn.spawner import Spawner, SpawnError
 from tests.unit.fakes import (
     FakePortAllocator,
@@ -33,13 +35,14 @@ def refuse_latest(reactor: FakeProcessReactor) -> None:
 
 def test_runs_the_command_through_sh_exec_in_the_app_root_with_its_environment() -> None:
     reactor, spawner = make()
-    app = make_app(root="/srv/app", start_command="node server.js", environment="staging", envvars={"FOO": "bar"})
+    root = os.environ["TMPDIR"]
+    app = make_app(root=root, start_command="node server.js", environment="staging", envvars={"FOO": "bar"})
     process = spawner.spawn(app, 1, RecordingObserver())
 
     [call] = reactor.spawned
     assert call.executable == "/bin/sh"
-    assert call.args == ["/bin/sh", "-c", "exec node server.js"]
-    assert call.path == "/srv/app"
+    assert call.args == ["/bin/sh", "-c", shell_prologue() + "exec node server.js"]
+    assert call.path == root
     assert call.child_fds == {0: "w", 1: "r", 2: "r"}
     assert call.env["PORT"] == str(process.port) == "23000"
     assert call.env["FOO"] == "bar"
@@ -102,8 +105,8 @@ def test_os_refusal_becomes_a_spawn_error_naming_the_root() -> None:
     reactor, spawner = make()
     reactor.spawn_error = OSError(errno.EAGAIN, "Resource temporarily unavailable")
     with pytest.raises(SpawnError) as info:
-        spawner.spawn(make_app(root="/srv/app"), 1, RecordingObserver())
-    assert str(info.value) == "could not start /bin/sh in /srv/app: Resource temporarily unavailable"
+        spawner.spawn(make_app(), 1, RecordingObserver())
+    assert f"could not start /bin/sh in {os.environ['TMPDIR']}: Resource temporarily unavailable" in str(info.value)
     assert reactor.tcpClients == []
 
 
