@@ -93,6 +93,44 @@ def positive_seconds(option: str, value: object) -> float:
     return number
 
 
+#: Passenger reads at most this much of an app's Passengerfile.json.
+PASSENGERFILE_CAP = 512 * 1024
+
+
+def read_passengerfile(root: str) -> dict[str, object]:
+    """The two keys Passenger takes from ``<root>/Passengerfile.json``: app_start_command, app_supports_kuria_protocol."""
+    import json
+
+    path = os.path.join(root, "Passengerfile.json")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PASSENGERFILE_CAP + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    if len(data) > PASSENGERFILE_CAP:
+        raise ConfigError(f"{path}: larger than {PASSENGERFILE_CAP // 1024} KiB")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    found: dict[str, object] = {}
+    command = doc.get("app_start_command")
+    if command is not None:
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError(f"{path}: app_start_command must be a non-empty string")
+        found["app_start_command"] = command
+    kuria = doc.get("app_supports_kuria_protocol")
+    if kuria is not None:
+        if not isinstance(kuria, bool):
+            raise ConfigError(f"{path}: app_supports_kuria_protocol must be true or false")
+        found["app_supports_kuria_protocol"] = kuria
+    return found
+
+
 def validate_app(app: AppConfig) -> AppConfig:
     """Check an app's values; return it with its root made absolute."""
     if not app.start_command.strip():
@@ -102,6 +140,10 @@ def validate_app(app: AppConfig) -> AppConfig:
         raise ConfigError(f"--app-root {app.root!r}: no such directory")
     if app.max_pool_size < 1:
         raise ConfigError(f"--max-pool-size {app.max_pool_size}: must be at least 1")
+    if app.spawn_dir is not None and not (os.path.isdir(app.spawn_dir) and os.access(app.spawn_dir, os.W_OK | os.X_OK)):
+        raise ConfigError(f"--spawn-dir {app.spawn_dir!r}: not a directory the server can write to")
+    if not 100 <= app.spawn_error_status <= 599:
+        raise ConfigError(f"--spawn-error-status {app.spawn_error_status}: not an HTTP status (100-599)")
     if app.min_instances > app.max_pool_size:
         raise ConfigError(
             f"--min-instances {app.min_instances} is greater than --max-pool-size {app.max_pool_size}"

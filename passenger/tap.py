@@ -23,6 +23,7 @@ from passenger.config import (
     non_negative_int,
     parse_envvar,
     positive_seconds,
+    read_passengerfile,
     validate_app,
 )
 
@@ -65,6 +66,16 @@ class Options(usage.Options):
         ["start-timeout", None, "90", "Seconds a process may take to start listening before it is killed."],
         ["drain-timeout", None, "30", "Seconds in-flight requests get to finish when the server stops."],
         ["shutdown-timeout", None, "30", "Seconds between TERM and KILL when an app process is stopped."],
+        ["spawn-dir", None, None, "Where spawn work directories are made. [default: $TMPDIR or /tmp]"],
+        ["spawn-error-status", None, "500", "HTTP status of the answer when the app cannot be started."],
+        ["custom-error-page", None, None, "HTML file served instead of the error page when the app cannot be started."],
+    ]
+    optFlags: list[list[Any]] = [
+        ["app-supports-kuria-protocol", None,
+         "The app speaks SpawningKit's Kuria protocol: no $PORT; it writes response/finish and properties.json."],
+        ["debug-spawn-dir", None, "Keep every spawn's work directory (for debugging the handshake)."],
+        ["friendly-error-pages", None, "Show the detailed spawn error page (default: only with --environment development)."],
+        ["no-friendly-error-pages", None, "Never show the detailed spawn error page."],
     ]
 
     def __init__(self) -> None:
@@ -85,6 +96,10 @@ class Options(usage.Options):
             raise ConfigExit(str(e)) from None
         self["envvars"][name] = value
 
+    def opt_app_support_kuria_protocol(self) -> None:
+        """Alias of --app-supports-kuria-protocol (Passenger Standalone's spelling)."""
+        self["app-supports-kuria-protocol"] = True
+
     def opt_force_max_concurrent_requests_per_process(self, value: str) -> None:
         """Alias of --concurrency (Passenger's name)."""
         self["concurrency"] = value
@@ -96,14 +111,21 @@ class Options(usage.Options):
             raise ConfigExit(str(e)) from None
 
     def _build(self) -> ServerConfig:
-        command = self["app-start-command"]
+        root = self["app-root"] or os.getcwd()
+        if not os.path.isdir(root):
+            raise ConfigError(f"--app-root {root!r}: no such directory")
+        passengerfile = read_passengerfile(root)  # the command line wins over it
+        command = self["app-start-command"] or passengerfile.get("app_start_command")
         if command is None:
             raise ConfigError("--app-start-command is required: the command that starts the app, e.g. 'node server.js'")
+        if self["friendly-error-pages"] and self["no-friendly-error-pages"]:
+            raise ConfigError("--friendly-error-pages and --no-friendly-error-pages contradict each other")
+        friendly = True if self["friendly-error-pages"] else (False if self["no-friendly-error-pages"] else None)
         app = validate_app(
             AppConfig(
-                name=os.path.basename(os.path.abspath(self["app-root"] or os.getcwd())) or "app",
-                root=self["app-root"] or os.getcwd(),
-                start_command=command,
+                name=os.path.basename(os.path.abspath(root)) or "app",
+                root=root,
+                start_command=str(command),
                 environment=self["environment"],
                 min_instances=non_negative_int("--min-instances", self["min-instances"]),
                 max_pool_size=non_negative_int("--max-pool-size", self["max-pool-size"]),
@@ -112,6 +134,12 @@ class Options(usage.Options):
                 start_timeout=positive_seconds("--start-timeout", self["start-timeout"]),
                 envvars=dict(self["envvars"]),
                 shutdown_timeout=positive_seconds("--shutdown-timeout", self["shutdown-timeout"]),
+                kuria=bool(self["app-supports-kuria-protocol"] or passengerfile.get("app_supports_kuria_protocol")),
+                spawn_dir=self["spawn-dir"],
+                debug_spawn_dir=bool(self["debug-spawn-dir"]),
+                spawn_error_status=non_negative_int("--spawn-error-status", self["spawn-error-status"]),
+                friendly_error_pages=friendly,
+                custom_error_page=_read_page(self["custom-error-page"]),
             )
         )
         listen = tuple(self["listen"]) or (self._default_listen(),)
@@ -149,6 +177,16 @@ def skip_tls_stack_unless_needed(listen: tuple[str, ...]) -> None:
     if "twisted.internet.tcp" in sys.modules:
         return  # too late to make a difference
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+
+
+def _read_page(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(1024 * 1024)
+    except OSError as e:
+        raise ConfigError(f"--custom-error-page {path!r}: {e.strerror}") from None
 
 
 def _check_listen(description: str) -> None:

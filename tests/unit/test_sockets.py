@@ -267,6 +267,8 @@ class Spawner:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            if proc.stdin is not None:
+                proc.stdin.close()
             proc.wait(timeout=10)
 
 

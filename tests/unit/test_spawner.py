@@ -10,8 +10,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
 from passenger.spawn import ports as ports_module
-from passenger.spawn.ports import NoFreePort, PortAllocator
 from passenger.spawn.journey import shell_prologue
+from passenger.spawn.ports import NoFreePort, PortAllocator
 from passenger.spawn.spawner import Spawner, SpawnError
 from tests.unit.fakes import (
     FakePortAllocator,
