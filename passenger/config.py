@@ -50,6 +50,12 @@ class AppConfig:
     friendly_error_pages: bool | None = None
     #: The page served instead when the app cannot start (its bytes, read at start).
     custom_error_page: bytes | None = None
+    #: GET this path: ready only on 2xx/3xx, and checked every interval while running.
+    health_check_path: str | None = None
+    health_check_interval: float = 10.0
+    health_check_timeout: float = 5.0
+    #: Consecutive failed checks after which a running process is replaced.
+    health_check_failures: int = 3
 
 
 @attrs.frozen
@@ -144,6 +150,11 @@ def validate_app(app: AppConfig) -> AppConfig:
         raise ConfigError(f"--spawn-dir {app.spawn_dir!r}: not a directory the server can write to")
     if not 100 <= app.spawn_error_status <= 599:
         raise ConfigError(f"--spawn-error-status {app.spawn_error_status}: not an HTTP status (100-599)")
+    path = app.health_check_path
+    if path is not None and (not path.startswith("/") or any(c in path for c in " \r\n\t")):
+        raise ConfigError(f"--health-check-path {path!r}: must start with / and contain no spaces")
+    if app.health_check_failures < 1:
+        raise ConfigError(f"--health-check-failures {app.health_check_failures}: must be at least 1")
     if app.min_instances > app.max_pool_size:
         raise ConfigError(
             f"--min-instances {app.min_instances} is greater than --max-pool-size {app.max_pool_size}"

@@ -69,6 +69,11 @@ class Options(usage.Options):
         ["spawn-dir", None, None, "Where spawn work directories are made. [default: $TMPDIR or /tmp]"],
         ["spawn-error-status", None, "500", "HTTP status of the answer when the app cannot be started."],
         ["custom-error-page", None, None, "HTML file served instead of the error page when the app cannot be started."],
+        ["health-check-path", None, None, "GET this path: a process is ready only when it answers 2xx/3xx, "
+         "and is replaced when it fails it --health-check-failures times in a row."],
+        ["health-check-interval", None, "10", "Seconds between health checks of a running process."],
+        ["health-check-timeout", None, "5", "Seconds a health check may take."],
+        ["health-check-failures", None, "3", "Failed health checks in a row after which a process is replaced."],
     ]
     optFlags: list[list[Any]] = [
         ["app-supports-kuria-protocol", None,
@@ -140,6 +145,10 @@ class Options(usage.Options):
                 spawn_error_status=non_negative_int("--spawn-error-status", self["spawn-error-status"]),
                 friendly_error_pages=friendly,
                 custom_error_page=_read_page(self["custom-error-page"]),
+                health_check_path=self["health-check-path"],
+                health_check_interval=positive_seconds("--health-check-interval", self["health-check-interval"]),
+                health_check_timeout=positive_seconds("--health-check-timeout", self["health-check-timeout"]),
+                health_check_failures=non_negative_int("--health-check-failures", self["health-check-failures"]),
             )
         )
         listen = tuple(self["listen"]) or (self._default_listen(),)

@@ -23,6 +23,7 @@ from passenger.config import AppConfig
 from passenger.pool.process import DEAD, READY, AppProcess
 from passenger.pool.routing import route
 from passenger.spawn.failure import minimal_report, save_failure
+from passenger.spawn.health import HealthMonitor, HealthResult, check_http
 from passenger.spawn.report import SpawnReport, log_line
 
 #: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF,
@@ -134,10 +135,7 @@ class Group:
             return
         self.log.warn("Process {pid} of {app} stopped accepting connections; replacing it",
                       pid=process.pid, app=self.app.name)
-        self._forget(process)
-        self.leaving.add(process)
-        process.stop().addCallback(lambda _: self.leaving.discard(process))
-        self._maybe_spawn()
+        self._retire(process)
 
     def _dispatch(self) -> None:
         queue = self.queue
@@ -194,6 +192,7 @@ class Group:
         self.last_failure = None
         self.ready.append(process)
         self.ready.sort(key=lambda p: p.number)
+        self._watch_health(process)
         self._dispatch()
         self._maybe_spawn()
 
@@ -214,7 +213,39 @@ class Group:
         self._forget(process)
         self._maybe_spawn()
 
+    def _watch_health(self, process: AppProcess) -> None:
+        app = self.app
+        if app.health_check_path is None or process.unix_path is not None:
+            return
+        clock = self._clock
+
+        def check() -> Deferred[HealthResult]:
+            return check_http(clock, process.host, process.port, app.health_check_path or "/", app.health_check_timeout)
+
+        process.monitor = HealthMonitor(clock, check, app.health_check_interval, app.health_check_failures,
+                                        lambda result: self._unhealthy(process, result))
+        process.monitor.start()
+
+    def _unhealthy(self, process: AppProcess, result: HealthResult) -> None:
+        """Failed its health check N times in a row: out of rotation, replaced."""
+        if process.state != READY:
+            return
+        self.log.warn("Process {pid} of {app} failed its health check {path} {count} times in a row ({detail}); "
+                      "replacing it", pid=process.pid, app=self.app.name, path=self.app.health_check_path,
+                      count=self.app.health_check_failures, detail=result.detail)
+        self._retire(process)
+
+    def _retire(self, process: AppProcess) -> None:
+        """Take a process out of rotation, stop it (its requests finish or fail), spawn a replacement."""
+        self._forget(process)
+        self.leaving.add(process)
+        process.stop().addCallback(lambda _: self.leaving.discard(process))
+        self._maybe_spawn()
+
     def _forget(self, process: AppProcess) -> None:
+        if process.monitor is not None:
+            process.monitor.stop()
+            process.monitor = None
         if process in self.processes:
             self.processes.remove(process)
         if process in self.ready:

@@ -96,6 +96,8 @@ class AppProcess:
     failure: Any = None
     #: Where requests go: a Unix socket the app reported, else host:port.
     unix_path: str | None = None
+    #: The periodic health check of a ready process, if the app has one.
+    monitor: Any = None
     #: Keep-alive connections to this process, idle and ready for a request.
     idle: list[UpstreamConnection] = field(default_factory=list)
     #: Every open connection to this process.

@@ -25,16 +25,23 @@ from passenger.pool.process import AppProcess, ProcessObserver, describe_exit
 from passenger.spawn import journey as steps
 from passenger.spawn.environment import app_argv, app_environment
 from passenger.spawn.finish import FinishSignal
+from passenger.spawn.health import HealthResult, check_http
 from passenger.spawn.journey import Journey
 from passenger.spawn.ports import NoFreePort, PortAllocator
 from passenger.spawn.probe import PortProbe
 from passenger.spawn.properties import PropertiesError, parse_properties, process_concurrency
 from passenger.spawn.protocol import AppProcessProtocol
 from passenger.spawn.report import CATEGORIES, JourneyStep, SpawnReport, default_texts, new_error_id
+from passenger.spawn.sockets import describe_wrong_listen, listening_ports
 from passenger.spawn.workdir import PROPERTIES_CAP, WorkDir, user_info_text
 
 #: Lines of the app's output a report shows.
 REPORT_OUTPUT_LINES = 50
+#: While a generic app starts, how often to look for it listening somewhere else than $PORT.
+WRONG_PORT_FIRST_CHECK = 0.2
+WRONG_PORT_INTERVAL = 0.25
+#: Between readiness health checks.
+HEALTH_RETRY = 0.1
 
 
 class SpawnError(RuntimeError):
@@ -71,6 +78,8 @@ class Handshake:
         self._forked_at = forked_at
         self._probe: PortProbe | None = None
         self._finish: FinishSignal | None = None
+        self._timer: Any = None
+        self.last_health: HealthResult | None = None
         self.done = False
 
     def start(self) -> None:
@@ -82,12 +91,30 @@ class Handshake:
         else:
             self._probe = PortProbe(self._reactor, self._reactor, self._process.port, self._port_open)
             self._probe.start()
+            self._later(WRONG_PORT_FIRST_CHECK, self._check_wrong_port)
+
+    def _later(self, seconds: float, action: Any) -> None:
+        self._timer = self._reactor.callLater(seconds, action)
 
     def _stop_watching(self) -> None:
         if self._probe is not None:
             self._probe.stop()
         if self._finish is not None:
             self._finish.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _check_wrong_port(self) -> None:
+        """Passenger waits out the whole start timeout for an app on the wrong port (#2563); we say so at once."""
+        self._timer = None
+        pid = self._process.pid
+        if self.done or pid is None:
+            return
+        message = describe_wrong_listen(self._process.port, listening_ports(pid))
+        if message is not None:
+            return self._fail("INTERNAL_ERROR", f"Process {pid} listens on the wrong address: {message}.")
+        self._later(WRONG_PORT_INTERVAL, self._check_wrong_port)
 
     # Outcomes.
     def _port_open(self) -> None:
@@ -100,7 +127,7 @@ class Handshake:
                 self._adopt(parse_properties(data, os.getuid(), require_http=False))
             except PropertiesError as e:
                 return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
-        self._succeed()
+        self._ready_if_healthy()
 
     def _finish_written(self, data: bytes) -> None:
         if self.done:
@@ -114,7 +141,7 @@ class Handshake:
                 self._adopt(parse_properties(raw, os.getuid(), require_http=True))
             except PropertiesError as e:
                 return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
-            return self._succeed()
+            return self._ready_if_healthy()
         if data == b"0":
             return self._fail("INTERNAL_ERROR",
                               f"The web application (process {self._process.pid}) aborted with an error during startup.",
@@ -131,6 +158,24 @@ class Handshake:
                 self._process.host, self._process.port = where, port
             if self._app.concurrency is None:
                 self._process.concurrency = process_concurrency(sockets)
+
+    def _ready_if_healthy(self) -> None:
+        """With --health-check-path, listening is not enough: the check must pass too."""
+        if self._probe is not None:
+            self._probe.stop()
+        if self._app.health_check_path is None or self._process.unix_path is not None:
+            return self._succeed()
+        checking = check_http(self._reactor, self._process.host, self._process.port, self._app.health_check_path,
+                              self._app.health_check_timeout)
+        checking.addCallback(self._health_answered)
+
+    def _health_answered(self, result: HealthResult) -> None:
+        if self.done:
+            return
+        if result.ok:
+            return self._succeed()
+        self.last_health = result
+        self._later(HEALTH_RETRY, self._ready_if_healthy)
 
     def _succeed(self) -> None:
         self.done = True
@@ -149,8 +194,11 @@ class Handshake:
     def _timed_out(self) -> None:
         if self.done:
             return
+        health = self.last_health
+        why = (f"its health check {self._app.health_check_path} did not pass ({health.detail})"
+               if health is not None else "it was not ready")
         self._fail("TIMEOUT_ERROR", f"A timeout occurred while spawning application process {self._process.pid}: "
-                   f"it was not ready within the start timeout of {self._app.start_timeout:g}s; killed.",
+                   f"{why} within the start timeout of {self._app.start_timeout:g}s; killed.",
                    timeout=True)
 
     def exited(self, reason: Failure) -> None:

@@ -103,7 +103,8 @@ def test_spawn_returns_a_spawning_process_with_a_free_port(harness: Harness) -> 
 def test_spawn_arms_the_start_timeout(harness: Harness) -> None:
     observer = RecordingObserver()
     process = harness.spawner.spawn(APP, 1, observer)
-    assert delays(harness.clock) == [pytest.approx(12.0)]
+    # (The real spawner also looks for a wrong port every fraction of a second.)
+    assert [d for d in delays(harness.clock) if d >= 1] == [pytest.approx(12.0)]
 
     harness.clock.advance(11.9)
     assert observer.events == []

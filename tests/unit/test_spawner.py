@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from passenger.spawn import ports as ports_module
 from passenger.spawn.journey import shell_prologue
 from passenger.spawn.ports import NoFreePort, PortAllocator
-from passenger.spawn.spawner import Spawner, SpawnError
+from passenger.spawn.spawner import WRONG_PORT_FIRST_CHECK, Spawner, SpawnError
 from tests.unit.fakes import (
     FakePortAllocator,
     FakeProcessReactor,
@@ -64,7 +64,7 @@ def test_exit_stops_a_probe_waiting_to_retry() -> None:
     observer = RecordingObserver()
     process = spawner.spawn(make_app(start_timeout=30.0), 1, observer)
     refuse_latest(reactor)
-    assert delays(reactor) == [pytest.approx(0.001), pytest.approx(30.0)]
+    assert delays(reactor) == [pytest.approx(0.001), pytest.approx(WRONG_PORT_FIRST_CHECK), pytest.approx(30.0)]
     reactor.spawned[0].transport.end(code=2)
     assert_no_delayed_calls(reactor)
     reactor.advance(1)
