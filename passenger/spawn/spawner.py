@@ -268,6 +268,7 @@ class Spawner:
 
     def spawn(self, app: AppConfig, number: int, observer: ProcessObserver,
               ports_in_use: Iterable[int] = ()) -> AppProcess:
+        began = time.monotonic()
         journey = Journey()
         journey.begin(steps.PREPARATION)
         try:
@@ -287,6 +288,7 @@ class Spawner:
             clock=self._reactor,
             observer=observer,
             shutdown_timeout=app.shutdown_timeout,
+            started_monotonic=began,
         )
         env = app_environment(app, port)
         env["PASSENGER_SPAWN_WORK_DIR"] = workdir.path
