@@ -10,6 +10,7 @@ is busy.  Spawns are serial, one at a time per group, as in Passenger.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +31,22 @@ from passenger.spawn.report import SpawnReport, log_line
 #: with +/-25% jitter so that many apps failing together do not retry in step.
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
+
+
+def app_fingerprint(root: str) -> tuple[int, ...]:
+    """What changes when an app is deployed or fixed: the mtimes of its root, tmp/ and tmp/restart.txt.
+
+    Deploys add, remove or rename files in the root (or touch restart.txt), which
+    changes these; a stat each is all it costs, and only while backing off.
+    """
+    stamps = []
+    for path in (root, os.path.join(root, "tmp"), os.path.join(root, "tmp", "restart.txt"),
+                 os.path.join(root, "Passengerfile.json")):
+        try:
+            stamps.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return tuple(stamps)
 
 
 class Waiter(Protocol):
@@ -71,6 +88,7 @@ class Group:
         self.failures = 0
         #: Why the last spawn failed, while no spawn has succeeded since.
         self.last_failure: SpawnReport | None = None
+        self._failed_fingerprint: tuple[int, ...] = ()
         self._backoff: IDelayedCall | None = None
 
     # Life of the group.
@@ -108,8 +126,11 @@ class Group:
                           "This website is under heavy load (queue full). Please try again in a moment.")
             return None
         if not self.ready and self.spawning is None and self._backoff is not None and self.last_failure:
-            waiter.spawn_failed(self.last_failure)  # back-off: no spawn storm, the last error at once
-            return None
+            if app_fingerprint(self.app.root) == self._failed_fingerprint:
+                waiter.spawn_failed(self.last_failure)  # back-off: no spawn storm, the last error at once
+                return None
+            self.log.info("The files of {app} changed since its last failed spawn; trying again now", app=self.app.name)
+            self._end_backoff()
         self.queue.append(waiter)
         self._maybe_spawn()
         return None
@@ -255,6 +276,7 @@ class Group:
         self.failures += 1
         self.last_failure = report
         saved = save_failure(report, self.app.spawn_dir)
+        self._failed_fingerprint = app_fingerprint(self.app.root)  # after saving: the report may land in the root
         self.log.error("{line}\n{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
                        error_id=report.error_id, tail="\n".join(report.output[-20:]))
         if not self.ready:
@@ -267,3 +289,10 @@ class Group:
     def _backoff_over(self) -> None:
         self._backoff = None
         self._maybe_spawn()
+
+    def _end_backoff(self) -> None:
+        """A deploy (or a fix) happened: forget the failures and spawn at once."""
+        if self._backoff is not None and self._backoff.active():
+            self._backoff.cancel()
+        self._backoff = None
+        self.failures = 0

@@ -6,6 +6,7 @@ Everything runs on a Clock with FakeSpawner; a process becomes ready with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -427,3 +428,25 @@ def test_stop_cancels_the_backoff() -> None:
     assert_no_delayed_calls(clock)
     clock.advance(60)
     assert len(spawner.spawned) == 1
+
+
+def test_a_change_of_the_apps_files_ends_the_back_off(tmp_path: Path) -> None:
+    """During back-off requests get the last error at once, until the app's files change."""
+    root = tmp_path / "app"
+    root.mkdir()
+    group, spawner, _clock = make_group(min_instances=1, root=str(root))
+    group.start()
+    transport_of(spawner.spawned[0]).end(code=1)
+    early = RecordingWaiter("early")
+    assert group.checkout(early) is None
+    assert early.rejected and early.reports[0] is group.last_failure
+    assert len(spawner.spawned) == 1, "no spawn while backing off"
+
+    (root / "app.py").write_text("fixed = True\n")  # a deploy
+    late = RecordingWaiter("late")
+    assert group.checkout(late) is None
+    assert late.waiting, "after a change the request waits for a new spawn instead of failing"
+    assert len(spawner.spawned) == 2
+    assert group.failures == 0
+    spawner.spawned[1].listening()
+    assert late.delivered == [spawner.spawned[1]]
