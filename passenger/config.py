@@ -56,6 +56,11 @@ class AppConfig:
     health_check_timeout: float = 5.0
     #: Consecutive failed checks after which a running process is replaced.
     health_check_failures: int = 3
+    #: When the server is root: run the app as this user/group (default: the app root's owner, never root).
+    user: str | None = None
+    group: str | None = None
+    #: Start the command through the user's login shell, so its profile sets the environment.
+    load_shell_envvars: bool = False
 
 
 @attrs.frozen

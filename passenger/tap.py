@@ -74,6 +74,9 @@ class Options(usage.Options):
         ["health-check-interval", None, "10", "Seconds between health checks of a running process."],
         ["health-check-timeout", None, "5", "Seconds a health check may take."],
         ["health-check-failures", None, "3", "Failed health checks in a row after which a process is replaced."],
+        ["user", None, None, "When run as root: the account app processes run as. [default: the app root's owner; "
+         "never root: nobody then]"],
+        ["group", None, None, "When run as root: the group app processes run as. [default: the user's group]"],
     ]
     optFlags: list[list[Any]] = [
         ["app-supports-kuria-protocol", None,
@@ -81,6 +84,8 @@ class Options(usage.Options):
         ["debug-spawn-dir", None, "Keep every spawn's work directory (for debugging the handshake)."],
         ["friendly-error-pages", None, "Show the detailed spawn error page (default: only with --environment development)."],
         ["no-friendly-error-pages", None, "Never show the detailed spawn error page."],
+        ["load-shell-envvars", None, "Start the command through the user's login shell (bash -lc ...), "
+         "so its profile sets the environment."],
     ]
 
     def __init__(self) -> None:
@@ -149,8 +154,14 @@ class Options(usage.Options):
                 health_check_interval=positive_seconds("--health-check-interval", self["health-check-interval"]),
                 health_check_timeout=positive_seconds("--health-check-timeout", self["health-check-timeout"]),
                 health_check_failures=non_negative_int("--health-check-failures", self["health-check-failures"]),
+                user=self["user"],
+                group=self["group"],
+                load_shell_envvars=bool(self["load-shell-envvars"]),
             )
         )
+        from passenger.spawn.users import resolve_app_user
+
+        resolve_app_user(app)  # an unknown --user/--group, or root, is a config error now, not at the first spawn
         listen = tuple(self["listen"]) or (self._default_listen(),)
         skip_tls_stack_unless_needed(listen)
         for description in listen:

@@ -22,6 +22,10 @@ def app_environment(app: AppConfig, port: int | None, inherited: Mapping[str, st
     return env
 
 
-def app_argv(app: AppConfig, prologue: str = "") -> list[str]:
-    """``/bin/sh -c "exec <command>"``: the shell expands $PORT, then becomes the app."""
-    return ["/bin/sh", "-c", prologue + "exec " + app.start_command]
+def app_argv(app: AppConfig, prologue: str = "", shell: str = "/bin/sh") -> list[str]:
+    """``/bin/sh -c "exec <command>"``: the shell expands $PORT, then becomes the app.
+
+    With a login shell (``--load-shell-envvars``) it is ``<shell> -lc "exec <command>"``.
+    """
+    flag = "-c" if shell == "/bin/sh" else "-lc"
+    return [shell, flag, prologue + "exec " + app.start_command]

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from passenger import __version__
-from passenger.config import AppConfig
+from passenger.config import AppConfig, ConfigError
 from passenger.pool.process import AppProcess, ProcessObserver, describe_exit
 from passenger.spawn import journey as steps
 from passenger.spawn.environment import app_argv, app_environment
@@ -33,6 +33,7 @@ from passenger.spawn.properties import PropertiesError, parse_properties, proces
 from passenger.spawn.protocol import AppProcessProtocol
 from passenger.spawn.report import CATEGORIES, JourneyStep, SpawnReport, default_texts, new_error_id
 from passenger.spawn.sockets import describe_wrong_listen, listening_ports
+from passenger.spawn.users import AppUser, login_shell, resolve_app_user
 from passenger.spawn.workdir import PROPERTIES_CAP, WorkDir, user_info_text
 
 #: Lines of the app's output a report shows.
@@ -67,7 +68,7 @@ class Handshake:
     log = Logger()
 
     def __init__(self, reactor: Any, app: AppConfig, process: AppProcess, workdir: WorkDir, journey: Journey,
-                 protocol: AppProcessProtocol, env: dict[str, str], forked_at: float) -> None:
+                 protocol: AppProcessProtocol, env: dict[str, str], forked_at: float, app_uid: int) -> None:
         self._reactor = reactor
         self._app = app
         self._process = process
@@ -76,6 +77,8 @@ class Handshake:
         self._protocol = protocol
         self._env = env
         self._forked_at = forked_at
+        #: Unix sockets the app reports must belong to it (no traffic hijack by another account).
+        self._app_uid = app_uid
         self._probe: PortProbe | None = None
         self._finish: FinishSignal | None = None
         self._timer: Any = None
@@ -124,7 +127,7 @@ class Handshake:
         data = self._workdir.read("response/properties.json", PROPERTIES_CAP)
         if data is not None:
             try:
-                self._adopt(parse_properties(data, os.getuid(), require_http=False))
+                self._adopt(parse_properties(data, self._app_uid, require_http=False))
             except PropertiesError as e:
                 return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
         self._ready_if_healthy()
@@ -138,7 +141,7 @@ class Handshake:
                 return self._fail("INTERNAL_ERROR",
                                   "The application reported success but wrote no response/properties.json")
             try:
-                self._adopt(parse_properties(raw, os.getuid(), require_http=True))
+                self._adopt(parse_properties(raw, self._app_uid, require_http=True))
             except PropertiesError as e:
                 return self._fail("INTERNAL_ERROR", f"The application wrote an invalid properties.json: {e}")
             return self._ready_if_healthy()
@@ -290,10 +293,17 @@ class Spawner:
             shutdown_timeout=app.shutdown_timeout,
             started_monotonic=began,
         )
+        user = self._user(app)
         env = app_environment(app, port)
+        if user is not None:
+            env.update(user.environment())
+            env.update(app.envvars)  # the user's own values still come last
         env["PASSENGER_SPAWN_WORK_DIR"] = workdir.path
         try:
-            workdir.prepare(self._args(app, port), env, user_info_text())
+            workdir.prepare(self._args(app, port), env,
+                            user_info_text(user.uid, user.gid) if user else user_info_text())
+            if user is not None:
+                workdir.chown(user.uid, user.gid)  # only now: nothing is written after it is handed over
         except OSError as e:
             workdir.remove()
             journey.errored(steps.PREPARATION)
@@ -312,9 +322,11 @@ class Spawner:
         journey.begin(steps.FORK)
         forked_at = time.time()
         try:
+            shell = (login_shell(user) if app.load_shell_envvars else None) or "/bin/sh"
             transport = self._reactor.spawnProcess(
-                protocol, "/bin/sh", app_argv(app, steps.shell_prologue()), env=env, path=app.root,
+                protocol, shell, app_argv(app, steps.shell_prologue(), shell), env=env, path=app.root,
                 childFDs={0: "w", 1: "r", 2: "r"},
+                uid=user.uid if user else None, gid=user.gid if user else None,
             )
         except OSError as e:
             workdir.remove()
@@ -325,9 +337,16 @@ class Spawner:
         journey.begin(steps.BEFORE_EXEC, forked_at)
         self.log.info("Spawning process {pid} of {app} {where}", pid=process.pid, app=app.name,
                       where="(Kuria protocol)" if app.kuria else f"on port {port}")
-        handshake = Handshake(self._reactor, app, process, workdir, journey, protocol, env, forked_at)
+        handshake = Handshake(self._reactor, app, process, workdir, journey, protocol, env, forked_at,
+                              user.uid if user is not None else os.getuid())
         handshake.start()
         return process
+
+    def _user(self, app: AppConfig) -> AppUser | None:
+        try:
+            return resolve_app_user(app)
+        except ConfigError as e:
+            raise SpawnError(f"cannot choose the account to run {app.name} as: {e}") from None
 
     def _args(self, app: AppConfig, port: int | None) -> dict[str, Any]:
         """args.json, as Passenger's SpawningKit writes it (secrets included: the directory is private)."""

@@ -5,7 +5,6 @@ import json
 import os
 import socketserver
 import sys
-import tempfile
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -47,7 +46,7 @@ if __name__ == "__main__":
     with open(os.path.join(work, "args.json")) as src, open(os.path.join(keep, "args.json"), "w") as dst:
         dst.write(src.read())
     step("subprocess_listen", "STEP_IN_PROGRESS")
-    path = os.path.join(tempfile.mkdtemp(prefix="kuria."), "http.sock")
+    path = os.path.join(keep, "http.sock")
     server = Server(path, Handler)
     time.sleep(0.05)  # a visible listen step
     props = {"sockets": [{"address": "unix:" + path, "protocol": "http", "concurrency": 4,

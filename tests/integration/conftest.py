@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-APPS = Path(__file__).resolve().parent.parent / "apps"
 TWISTD = str(Path(sys.executable).parent / "twistd")
+SOURCE_APPS = Path(__file__).resolve().parent.parent / "apps"
+
+#: A server running as root runs its apps as the owner of the app root, never as
+#: root (nobody for root-owned roots).  That account cannot reach /root (where
+#: this Python may live), pytest's private temporary directories, or a checkout
+#: in a private directory, so as root the apps, their interpreter and the
+#: server's TMPDIR live in a world-readable directory instead.
+RUNNING_AS_ROOT = os.geteuid() == 0
+WORLD = Path(tempfile.mkdtemp(prefix="passenger-tests-", dir="/tmp"))
+os.chmod(WORLD, 0o755)
+atexit.register(shutil.rmtree, WORLD, True)
+if RUNNING_AS_ROOT:
+    APPS = WORLD / "apps"
+    shutil.copytree(SOURCE_APPS, APPS)
+    for folder, _dirs, files in os.walk(APPS):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o755)
+else:
+    APPS = SOURCE_APPS
+APP_PYTHON = "/usr/bin/python3" if RUNNING_AS_ROOT and os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
+def world_dir(prefix: str = "dir", mode: int = 0o777) -> Path:
+    """A fresh directory that the apps' account can use (under WORLD)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=WORLD))
+    os.chmod(path, mode)
+    return path
 
 
 def free_port() -> int:
@@ -66,8 +96,8 @@ class Server:
         cmd = [TWISTD, "-n", "--logfile", str(self.log_path), "--pidfile", str(self.log_path.with_suffix(".pid")),
                *self.twistd_args, "passenger",
                "--address", "127.0.0.1", "--port", str(self.port), *self.args]
-        # Spawn work directories and error reports go to the test's own directory.
-        env = {**os.environ, "TMPDIR": str(self.log_path.parent)}
+        # Spawn work directories and error reports go to a directory of the test's own.
+        env = {**os.environ, "TMPDIR": str(world_dir("tmp", 0o755))}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         if ready:
             self.wait_ready(ready, timeout)
@@ -138,14 +168,14 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 def echo_app_args(*extra: str) -> list[str]:
     """Options that run tests/apps/echo_app.py."""
-    return ["--app-root", str(APPS), "--app-start-command", f"{sys.executable} echo_app.py", *extra]
+    return ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py", *extra]
 
 
 # Helpers for the lifecycle and CLI tests (additions; nothing above depends on them).
 
 def life_app_args(*extra: str, flags: str = "") -> list[str]:
     """Options that run tests/apps/life_app.py (echo_app that logs each request on stdout)."""
-    command = f"{sys.executable} life_app.py {flags}".strip()
+    command = f"{APP_PYTHON} life_app.py {flags}".strip()
     return ["--app-root", str(APPS), "--app-start-command", command, *extra]
 
 

@@ -11,13 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import (
+    APP_PYTHON,
     APPS,
     TWISTD,
     RawRequest,
@@ -216,7 +216,7 @@ def test_force_max_concurrent_requests_per_process_limits_a_running_server(
 
 def test_valid_command_line_starts(serve: Callable[..., Server]) -> None:
     """The marker technique above is meaningful: a good command line does run the app."""
-    server = serve(["--app-root", str(APPS), "--app-start-command", f"{sys.executable} echo_app.py",
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py",
                     "--min-instances", "1", "--max-pool-size", "1", "--concurrency", "unknown",
                     "--envvar", "A=b=c", "--start-timeout", "0.5e2"], ready=1)
     assert len(server.app_pids()) == 1

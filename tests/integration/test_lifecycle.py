@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.integration.conftest import (
+    APP_PYTHON,
     APPS,
     RawRequest,
     RawResponse,
@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     pid_alive,
     pid_exists,
     wait_for,
+    world_dir,
 )
 
 Serve = Callable[..., Server]
@@ -243,7 +244,7 @@ def test_app_that_exits_at_once_is_reported_with_its_output(serve: Serve) -> Non
 # 7. App output is logged line by line with pid and stream.
 
 def test_app_output_lines_are_logged_with_pid_and_stream(serve: Serve) -> None:
-    command = f"sh -c 'echo first-out; echo first-err >&2; exec {sys.executable} life_app.py --chatty'"
+    command = f"sh -c 'echo first-out; echo first-err >&2; exec {APP_PYTHON} life_app.py --chatty'"
     server = serve(["--app-root", str(APPS), "--app-start-command", command], ready=1)
     (pid,) = server.app_pids()
     port = spawn_port(server, pid)
@@ -265,10 +266,9 @@ def _echo(server: Server) -> tuple[int, dict[str, object]]:
 
 
 def test_app_environment_defaults(serve: Serve, tmp_path: Path) -> None:
-    root = tmp_path / "envapp"
-    root.mkdir()
+    root = world_dir("envapp", 0o755)
     server = serve(["--app-root", str(root), "--app-start-command",
-                    f"{sys.executable} {APPS / 'echo_app.py'}"], ready=1)
+                    f"{APP_PYTHON} {APPS / 'echo_app.py'}"], ready=1)
     pid, info = _echo(server)
     env = info["env"]
     assert isinstance(env, dict)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import APPS, Server, echo_app_args, pid_alive, wait_for
+from tests.integration.conftest import APP_PYTHON, APPS, Server, echo_app_args, pid_alive, wait_for
 
 MiB = 1024 * 1024
 #: How much the server's resident memory may grow while a large body passes through.
@@ -360,7 +359,7 @@ def test_get_through_node_app(own_server: Callable[..., Server]) -> None:
 
 def test_get_through_shell_started_app(own_server: Callable[..., Server]) -> None:
     server = own_server(["--app-root", str(APPS), "--app-start-command", "./start.sh",
-                         "--envvar", f"PYTHON={sys.executable}"])
+                         "--envvar", f"PYTHON={APP_PYTHON}"])
     expected = (APPS / "static" / "hello.txt").read_bytes()
     with Client(server.port) as client:
         response = client.request("GET", "/hello.txt")
@@ -430,7 +429,7 @@ def test_headers_named_in_connection_do_not_reach_the_app(echo: Server) -> None:
 
 
 def test_response_hop_by_hop_headers_do_not_reach_the_client(own_server: Callable[..., Server]) -> None:
-    server = own_server(["--app-root", str(APPS), "--app-start-command", f"{sys.executable} hop_app.py"])
+    server = own_server(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} hop_app.py"])
     with Client(server.port) as client:
         response = client.request("GET", "/hop")
     assert response.status == 200

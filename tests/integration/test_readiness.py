@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 import time
 import urllib.request
 
 import pytest
 
-from tests.integration.conftest import APPS, free_port, wait_for
+from tests.integration.conftest import APP_PYTHON, APPS, free_port, wait_for
 
-HEALTH_APP = f"{sys.executable} health_app.py"
+HEALTH_APP = f"{APP_PYTHON} health_app.py"
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import re
 import stat
-import sys
 import urllib.request
 from pathlib import Path
 
-from tests.integration.conftest import APPS, echo_app_args
+from tests.integration.conftest import APP_PYTHON, APPS, echo_app_args, world_dir
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -32,8 +31,7 @@ def _work_dirs(tmp: Path) -> list[Path]:
 
 
 def test_work_directory_is_private_complete_and_removed_after_success(serve, tmp_path: Path) -> None:
-    spawn_dir = tmp_path / "spawns"
-    spawn_dir.mkdir()
+    spawn_dir = world_dir("spawns", 0o755)
     kept = serve(echo_app_args("--spawn-dir", str(spawn_dir), "--debug-spawn-dir"))
     [work] = _work_dirs(spawn_dir)
     assert stat.S_IMODE(work.stat().st_mode) == 0o700
@@ -56,16 +54,14 @@ def test_work_directory_is_private_complete_and_removed_after_success(serve, tmp
     assert json.loads(body)["env"]["PORT"] == str(args["expected_start_port"])
     kept.stop()
 
-    removed_dir = tmp_path / "spawns2"
-    removed_dir.mkdir()
+    removed_dir = world_dir("spawns2", 0o755)
     serve(echo_app_args("--spawn-dir", str(removed_dir), "--min-instances", "2"), ready=2)
     assert _work_dirs(removed_dir) == []
 
 
 def test_kuria_app_uses_the_fifo_and_a_unix_socket(serve, tmp_path: Path) -> None:
-    keep = tmp_path / "kuria"
-    keep.mkdir()
-    server = serve(["--app-root", str(APPS), "--app-start-command", f"{sys.executable} kuria_app.py",
+    keep = world_dir("kuria")
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_app.py",
                     "--app-supports-kuria-protocol", "--envvar", f"KURIA_TEST_DIR={keep}"])
     status, _, body = _get(server.url + "/")
     assert status == 200, body
@@ -77,20 +73,18 @@ def test_kuria_app_uses_the_fifo_and_a_unix_socket(serve, tmp_path: Path) -> Non
 
 
 def test_kuria_from_passengerfile(serve, tmp_path: Path) -> None:
-    app = tmp_path / "app"
-    app.mkdir()
+    app = world_dir("app", 0o755)
     (app / "kuria_app.py").write_text((APPS / "kuria_app.py").read_text())
     (app / "Passengerfile.json").write_text(json.dumps(
-        {"app_start_command": f"{sys.executable} kuria_app.py", "app_supports_kuria_protocol": True}))
-    keep = tmp_path / "keep"
-    keep.mkdir()
+        {"app_start_command": f"{APP_PYTHON} kuria_app.py", "app_supports_kuria_protocol": True}))
+    keep = world_dir("keep")
     server = serve(["--app-root", str(app), "--envvar", f"KURIA_TEST_DIR={keep}"])
     status, _, body = _get(server.url + "/")
     assert status == 200 and json.loads(body)["port_env"] is None
 
 
 def test_kuria_failure_shows_the_apps_own_error(serve) -> None:
-    server = serve(["--app-root", str(APPS), "--app-start-command", f"{sys.executable} kuria_fail.py",
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_fail.py",
                     "--app-supports-kuria-protocol", "--environment", "development"], ready=0)
     _listening(server)
     status, headers, body = _get(server.url + "/")
@@ -143,7 +137,7 @@ def test_custom_error_page(serve, tmp_path: Path) -> None:
 
 def test_invalid_properties_is_a_spawn_error_that_says_what_is_wrong(serve) -> None:
     command = ("sh -c 'echo {\\\"sockets\\\": [{\\\"address\\\": \\\"tcp://127.0.0.1:1\\\"}]} "
-               "> $PASSENGER_SPAWN_WORK_DIR/response/properties.json; exec " + sys.executable + " echo_app.py'")
+               "> $PASSENGER_SPAWN_WORK_DIR/response/properties.json; exec " + APP_PYTHON + " echo_app.py'")
     server = serve(["--app-root", str(APPS), "--app-start-command", command, "--environment", "development"], ready=0)
     _listening(server)
     status, _, body = _get(server.url + "/")

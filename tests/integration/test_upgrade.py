@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import socket
-import sys
 
-from tests.integration.conftest import APPS
+from tests.integration.conftest import APP_PYTHON, APPS
 
 
 def test_upgrade_becomes_a_tunnel_both_ways(serve) -> None:
-    server = serve(["--app-root", str(APPS), "--app-start-command", f"{sys.executable} upgrade_app.py"])
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} upgrade_app.py"])
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         data = b""

@@ -1,0 +1,69 @@
+"""User switching: a server running as root never runs an app as root (passenger-gls.md §5)."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, world_dir
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="user switching happens only when the server runs as root")
+
+
+def _seen_by_app(server) -> dict:  # type: ignore[no-untyped-def]
+    with urllib.request.urlopen(server.url + "/echo", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _app_owned_by(user: str) -> str:
+    root = world_dir("owned", 0o755)
+    shutil.copy(APPS / "echo_app.py", root / "echo_app.py")
+    account = pwd.getpwnam(user)
+    os.chown(root, account.pw_uid, account.pw_gid)
+    return str(root)
+
+
+def test_root_owned_app_runs_as_nobody(serve) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py"])
+    seen = _seen_by_app(server)
+    nobody = pwd.getpwnam("nobody")
+    assert (seen["uid"], seen["gid"]) == (nobody.pw_uid, nobody.pw_gid)
+    assert seen["env"]["USER"] == seen["env"]["LOGNAME"] == "nobody"
+    assert seen["env"]["HOME"] == nobody.pw_dir
+
+
+def test_app_runs_as_the_owner_of_its_root_with_its_groups(serve) -> None:
+    root = _app_owned_by("daemon")
+    server = serve(["--app-root", root, "--app-start-command", f"{APP_PYTHON} echo_app.py"])
+    seen = _seen_by_app(server)
+    daemon = pwd.getpwnam("daemon")
+    assert (seen["uid"], seen["gid"]) == (daemon.pw_uid, daemon.pw_gid)
+    assert seen["groups"] == sorted(os.getgrouplist("daemon", daemon.pw_gid))  # initgroups, not root's groups
+    assert 0 not in seen["groups"]
+    assert seen["env"]["HOME"] == daemon.pw_dir and seen["env"]["SHELL"] == daemon.pw_shell
+
+
+def test_user_and_group_options(serve) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py",
+                    "--user", "daemon", "--group", "nogroup"])
+    seen = _seen_by_app(server)
+    assert seen["uid"] == pwd.getpwnam("daemon").pw_uid
+    assert seen["gid"] == grp.getgrnam("nogroup").gr_gid
+
+
+def test_root_is_refused_and_unknown_users_are_config_errors() -> None:
+    for args, message in ((["--user", "root"], "never run as root"),
+                          (["--user", "no-such-user-here"], "no such user"),
+                          (["--user", "daemon", "--group", "no-such-group-here"], "no such group")):
+        result = subprocess.run([TWISTD, "-n", "--pidfile", "", "passenger", "--app-root", str(APPS),
+                                 "--app-start-command", "true", "--port", "0", *args],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode != 0, result
+        assert message in result.stderr + result.stdout, result
