@@ -1,4 +1,4 @@
-"""PortProbe on MemoryReactorClock: immediate first try, 1 ms -> 10 ms backoff, ready once."""
+"""PortProbe on MemoryReactorClock: immediate first try, 1 ms -> 2 ms backoff, ready once."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_first_attempt_is_immediate() -> None:
 def test_retries_back_off_from_1ms_to_at_most_10ms() -> None:
     reactor, probe, calls = make()
     probe.start()
-    expected = [0.001, 0.002, 0.004, 0.008, 0.010, 0.010, 0.010, 0.010]
+    expected = [0.001, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.002]
     for attempt, delay in enumerate(expected, 1):
         assert len(reactor.tcpClients) == attempt
         refuse(reactor, probe)
