@@ -205,21 +205,21 @@ def _build() -> Callable[[AppProcess], _Lifecycle]:
         p.ready_at = p.last_used = time.time()
         p.observer.process_ready(p)
 
-    @Spawning.upon(_Lifecycle.start_timed_out).to(Stopping)
-    def start_timeout(i: _Lifecycle, p: AppProcess) -> None:
+    def abort_start(p: AppProcess, why: str) -> None:
+        """A process that will never be ready: KILL it (as Passenger does) and tell the group."""
         p.state = STOPPING
-        p.exit_reason = "did not start listening within the start timeout; killed"
+        p.exit_reason = why
         p.signal("KILL")
         p.arm(p.shutdown_timeout, p.kill_timed_out)
-        p.observer.process_failed(p, p.exit_reason)
+        p.observer.process_failed(p, why)
+
+    @Spawning.upon(_Lifecycle.start_timed_out).to(Stopping)
+    def start_timeout(i: _Lifecycle, p: AppProcess) -> None:
+        abort_start(p, "did not start listening within the start timeout; killed")
 
     @Spawning.upon(_Lifecycle.handshake_failed).to(Stopping)
     def handshake_failed(i: _Lifecycle, p: AppProcess) -> None:
-        p.state = STOPPING
-        p.exit_reason = "failed its startup handshake; killed"
-        p.signal("KILL")
-        p.arm(p.shutdown_timeout, p.kill_timed_out)
-        p.observer.process_failed(p, p.exit_reason)
+        abort_start(p, "failed its startup handshake; killed")
 
     @Spawning.upon(_Lifecycle.exited).to(Dead)
     def exited_early(i: _Lifecycle, p: AppProcess, reason: Failure) -> None:
