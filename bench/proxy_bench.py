@@ -477,14 +477,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    app = args.app.resolve()
+def check_inputs(args: argparse.Namespace) -> Path:
+    """The benchmark app's resolved path; exit with a clear message if it or twistd is missing."""
+    app: Path = args.app.resolve()
     if not app.is_file():
         sys.exit(f"ERROR: benchmark app not found: {app} (use --app PATH)")
     if not args.twistd.exists():
         sys.exit(f"ERROR: twistd not found at {args.twistd} (create the venv with `make run`/`make test`, "
                  "or pass --twistd)")
+    return app
+
+
+def main() -> int:
+    args = parse_args()
+    app = check_inputs(args)
     wrk = ensure_wrk()
     scenarios = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     python = shutil.which("python3") or "python3"

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from proxy_bench import DEFAULT_APP, HOST, LogWatcher, Session, alive, children, free_port, notable, session_members
+from proxy_bench import DEFAULT_APP, HOST, LogWatcher, Session, alive, check_inputs, children, free_port, notable, session_members
 
 TARGET_MS = 15.0
 PROBE_INTERVAL = 0.0005  # seconds between connect attempts in the direct measurement
@@ -303,12 +303,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    app = args.app.resolve()
-    if not app.is_file():
-        sys.exit(f"ERROR: benchmark app not found: {app} (use --app PATH)")
-    if not args.twistd.exists():
-        sys.exit(f"ERROR: twistd not found at {args.twistd} (create the venv with `make run`/`make test`, "
-                 "or pass --twistd)")
+    app = check_inputs(args)
     python3 = shutil.which("python3")
     if python3 is None:
         sys.exit("ERROR: no python3 on PATH; the app is started as `python3 hello.py`")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
 SOURCE_APPS = Path(__file__).resolve().parent.parent / "apps"
 
@@ -52,18 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:
-    """Poll ``predicate`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

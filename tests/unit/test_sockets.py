@@ -7,8 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +21,7 @@ from passenger.spawn.sockets import (
     listening_ports,
     parse_listen_rows,
 )
+from tests.polling import wait_for
 
 T = TypeVar("T")
 
@@ -220,17 +220,6 @@ with open(report + ".tmp", "w") as f:
 os.rename(report + ".tmp", report)
 sys.stdin.read()
 """
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def read_report(path: Path) -> tuple[int, int] | None:
