@@ -65,7 +65,8 @@ class Handler(BaseHTTPRequestHandler):
                 "body_sha256": hashlib.sha256(body).hexdigest(),
                 "env": {k: v for k, v in os.environ.items() if k in (
                     "PORT", "PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "NODE_ENV", "WSGI_ENV",
-                    "IN_PASSENGER", "PYTHONUNBUFFERED", "PWD", "GREETING", "USER", "LOGNAME", "HOME", "SHELL")},
+                    "IN_PASSENGER", "PYTHONUNBUFFERED", "PWD", "GREETING", "USER", "LOGNAME", "HOME", "SHELL",
+                    "PASSENGER_FROM_PROFILE")},
                 "uid": os.getuid(),
                 "gid": os.getgid(),
                 "groups": sorted(os.getgroups()),

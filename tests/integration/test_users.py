@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import itertools
 import json
 import os
 import pwd
@@ -67,3 +68,43 @@ def test_root_is_refused_and_unknown_users_are_config_errors() -> None:
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0, result
         assert message in result.stderr + result.stdout, result
+
+
+_accounts = itertools.count()
+
+
+@pytest.fixture
+def shell_account():  # type: ignore[no-untyped-def]
+    """A throwaway account whose login shell is bash and whose ~/.profile exports a variable.
+
+    Requested before ``serve`` so that the server (and the app processes of
+    this account) stop before the account is removed.
+    """
+    if shutil.which("useradd") is None or not os.access("/bin/bash", os.X_OK):
+        pytest.skip("needs useradd and /bin/bash to make an account with a login shell")
+    name = f"psgr{os.getpid() % 100000}x{next(_accounts)}"
+    home = world_dir("home", 0o755) / name
+    subprocess.run(["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/bash",
+                    "--user-group", name], check=True, capture_output=True)
+    try:
+        profile = home / ".profile"
+        profile.write_text("export PASSENGER_FROM_PROFILE=profile-was-read\n")
+        account = pwd.getpwnam(name)
+        os.chown(profile, account.pw_uid, account.pw_gid)
+        yield name
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True, check=True)
+
+
+def test_load_shell_envvars_starts_the_app_through_the_login_shell(shell_account: str, serve) -> None:
+    base = ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py", "--user", shell_account]
+    with_shell = _seen_by_app(serve([*base, "--load-shell-envvars"]))
+    assert with_shell["env"].get("PASSENGER_FROM_PROFILE") == "profile-was-read"
+    assert with_shell["env"]["SHELL"] == "/bin/bash"
+    assert with_shell["uid"] == pwd.getpwnam(shell_account).pw_uid
+
+
+def test_without_load_shell_envvars_the_profile_is_not_read(shell_account: str, serve) -> None:
+    seen = _seen_by_app(serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py",
+                               "--user", shell_account]))
+    assert "PASSENGER_FROM_PROFILE" not in seen["env"]
