@@ -6,8 +6,6 @@ spawned or daemonized; every problem becomes a one-line :class:`ConfigError`.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 
 import attrs
@@ -23,26 +21,50 @@ class ConfigError(ValueError):
 
 @attrs.frozen
 class AppConfig:
-    """One application: how to start it and how many of it to run."""
+    """One application: how to start it, which requests it gets, how many of it to run.
+
+    The meaning and default of each field is in ``passenger/options.py``.
+    """
 
     name: str
     root: str
     start_command: str
     environment: str = "production"
-    min_instances: int = 1
-    max_pool_size: int = 6
-    #: None: unknown (Passenger's default); 0: unlimited; N: at most N at once.
-    concurrency: int | None = UNKNOWN_CONCURRENCY
-    max_request_queue_size: int = 100
-    start_timeout: float = 90.0
     envvars: Mapping[str, str] = attrs.field(factory=dict)
-    #: Seconds between TERM and KILL when a process is stopped.
-    shutdown_timeout: float = 30.0
     #: The app speaks SpawningKit's Kuria protocol: no $PORT; it reports its sockets.
     kuria: bool = False
+    load_shell_envvars: bool = False
+    user: str | None = None
+    group: str | None = None
+    #: Host names (lower case; "*.example.com", "*") and the path prefix it answers.
+    server_names: tuple[str, ...] = ()
+    base_uri: str = "/"
+    min_instances: int = 1
+    #: 0: only the pool's max_pool_size limits it.
+    max_instances: int = 0
+    #: None: unknown (Passenger's default); 0: unlimited; N: at most N at once.
+    concurrency: int | None = UNKNOWN_CONCURRENCY
+    max_spawns_in_parallel: int = 1
+    max_request_queue_size: int = 100
+    #: Seconds a request may wait in the queue (0: no limit).
+    max_request_queue_time: float = 0.0
+    request_queue_overflow_status_code: int = 503
+    #: Seconds an idle process is kept above min_instances (0: forever).
+    pool_idle_time: float = 300.0
+    #: Recycle a process after this many requests (0: never).
+    max_requests: int = 0
+    #: Recycle a process whose RSS is above this many MB (0: no limit).
+    memory_limit: int = 0
+    #: Seconds a request may run before it gets 504 and its process is replaced (0: no limit).
+    max_request_time: float = 0.0
+    sticky_sessions: bool = False
+    sticky_sessions_cookie_name: str = "_passenger_route"
+    sticky_sessions_cookie_attributes: str = "SameSite=Lax; Secure;"
+    start_timeout: float = 90.0
+    #: Seconds between TERM and KILL when a process is stopped.
+    shutdown_timeout: float = 30.0
     #: Where spawn work directories go (None: $TMPDIR or /tmp).
     spawn_dir: str | None = None
-    #: Keep each spawn's work directory, for debugging.
     debug_spawn_dir: bool = False
     #: Status of the answer when the app cannot start (Passenger: 500).
     spawn_error_status: int = 500
@@ -56,112 +78,20 @@ class AppConfig:
     health_check_timeout: float = 5.0
     #: Consecutive failed checks after which a running process is replaced.
     health_check_failures: int = 3
-    #: When the server is root: run the app as this user/group (default: the app root's owner, never root).
-    user: str | None = None
-    group: str | None = None
-    #: Start the command through the user's login shell, so its profile sets the environment.
-    load_shell_envvars: bool = False
+
+    @property
+    def instance_limit(self) -> int | None:
+        """The most processes this app may have on its own account (None: no limit but the pool's)."""
+        return self.max_instances or None
 
 
 @attrs.frozen
 class ServerConfig:
-    """The whole server: where it listens and the app it runs."""
+    """The whole server: where it listens, the apps it runs, the limits they share."""
 
-    app: AppConfig
+    apps: tuple[AppConfig, ...]
     listen: tuple[str, ...] = ("tcp:3000:interface=0.0.0.0",)
+    #: Most processes of all apps together.
+    max_pool_size: int = 6
     #: Seconds in-flight requests get to finish when the server stops.
     drain_timeout: float = 30.0
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_envvar(text: str) -> tuple[str, str]:
-    """Split ``NAME=VALUE`` as given to ``--envvar``."""
-    name, sep, value = text.partition("=")
-    if not sep or not _ENV_NAME.match(name):
-        raise ConfigError(f"--envvar {text!r}: expected NAME=VALUE with NAME a valid variable name")
-    return name, value
-
-
-def non_negative_int(option: str, value: object) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ConfigError(f"{option} {value!r}: expected a whole number") from None
-    if number < 0:
-        raise ConfigError(f"{option} {number}: must not be negative")
-    return number
-
-
-def positive_seconds(option: str, value: object) -> float:
-    try:
-        number = float(str(value))
-    except ValueError:
-        raise ConfigError(f"{option} {value!r}: expected a number of seconds") from None
-    if not number > 0 or number != number or number == float("inf"):
-        raise ConfigError(f"{option} {value}: must be a positive number of seconds")
-    return number
-
-
-#: Passenger reads at most this much of an app's Passengerfile.json.
-PASSENGERFILE_CAP = 512 * 1024
-
-
-def read_passengerfile(root: str) -> dict[str, object]:
-    """The two keys Passenger takes from ``<root>/Passengerfile.json``: app_start_command, app_supports_kuria_protocol."""
-    import json
-
-    path = os.path.join(root, "Passengerfile.json")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(PASSENGERFILE_CAP + 1)
-    except FileNotFoundError:
-        return {}
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
-    if len(data) > PASSENGERFILE_CAP:
-        raise ConfigError(f"{path}: larger than {PASSENGERFILE_CAP // 1024} KiB")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: must be a JSON object")
-    found: dict[str, object] = {}
-    command = doc.get("app_start_command")
-    if command is not None:
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigError(f"{path}: app_start_command must be a non-empty string")
-        found["app_start_command"] = command
-    kuria = doc.get("app_supports_kuria_protocol")
-    if kuria is not None:
-        if not isinstance(kuria, bool):
-            raise ConfigError(f"{path}: app_supports_kuria_protocol must be true or false")
-        found["app_supports_kuria_protocol"] = kuria
-    return found
-
-
-def validate_app(app: AppConfig) -> AppConfig:
-    """Check an app's values; return it with its root made absolute."""
-    if not app.start_command.strip():
-        raise ConfigError("--app-start-command is empty: give the command that starts the app, e.g. 'node server.js'")
-    root = os.path.abspath(app.root)
-    if not os.path.isdir(root):
-        raise ConfigError(f"--app-root {app.root!r}: no such directory")
-    if app.max_pool_size < 1:
-        raise ConfigError(f"--max-pool-size {app.max_pool_size}: must be at least 1")
-    if app.spawn_dir is not None and not (os.path.isdir(app.spawn_dir) and os.access(app.spawn_dir, os.W_OK | os.X_OK)):
-        raise ConfigError(f"--spawn-dir {app.spawn_dir!r}: not a directory the server can write to")
-    if not 100 <= app.spawn_error_status <= 599:
-        raise ConfigError(f"--spawn-error-status {app.spawn_error_status}: not an HTTP status (100-599)")
-    path = app.health_check_path
-    if path is not None and (not path.startswith("/") or any(c in path for c in " \r\n\t")):
-        raise ConfigError(f"--health-check-path {path!r}: must start with / and contain no spaces")
-    if app.health_check_failures < 1:
-        raise ConfigError(f"--health-check-failures {app.health_check_failures}: must be at least 1")
-    if app.min_instances > app.max_pool_size:
-        raise ConfigError(
-            f"--min-instances {app.min_instances} is greater than --max-pool-size {app.max_pool_size}"
-        )
-    return attrs.evolve(app, root=root)

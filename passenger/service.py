@@ -1,7 +1,7 @@
 """PassengerService: the root service, for twistd/twist and for embedding.
 
 Start: bind the listeners (in ``privilegedStartService``, before twistd sheds
-privileges), then spawn the app's ``min_instances``.  Stop, in order: stop
+privileges), then spawn every app's ``min_instances``.  Stop, in order: stop
 accepting, let in-flight requests finish within the drain timeout, then stop
 every app process (TERM, KILL after the shutdown timeout).  The Deferred from
 ``stopService`` fires only when every child has been reaped.
@@ -19,7 +19,9 @@ from twisted.logger import Logger
 from passenger import __version__
 from passenger.config import ServerConfig
 from passenger.http.front import FrontFactory
-from passenger.pool.group import Group
+from passenger.http.router import Router
+from passenger.pool.metrics import ProcessMemory
+from passenger.pool.pool import Pool
 from passenger.spawn.spawner import Spawner
 
 
@@ -35,7 +37,7 @@ class PassengerService(Service):
     def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
         self.config = config
         self._reactor = reactor
-        self.group: Group | None = None
+        self.pool: Pool | None = None
         self.front: FrontFactory | None = None
         self.listeners: list[IService] = []
 
@@ -46,11 +48,13 @@ class PassengerService(Service):
         return self._reactor
 
     def _build(self) -> None:
-        if self.group is not None:
+        if self.pool is not None:
             return
-        reactor = self.reactor
-        self.group = Group(self.config.app, Spawner(reactor), reactor)
-        self.front = FrontFactory(self.group, reactor)
+        reactor, config = self.reactor, self.config
+        self.pool = Pool(Spawner(reactor), reactor, config.max_pool_size, memory=ProcessMemory(),
+                         drain_timeout=config.drain_timeout)
+        router = Router((app.server_names, app.base_uri, self.pool.add(app)) for app in config.apps)
+        self.front = FrontFactory(router, reactor)
         self.listeners = [strports.service(d, self.front, reactor=reactor) for d in self.config.listen]
 
     def privilegedStartService(self) -> None:
@@ -61,14 +65,14 @@ class PassengerService(Service):
 
     def startService(self) -> None:
         self._build()
-        assert self.group is not None
+        assert self.pool is not None
         super().startService()
         for listener in self.listeners:
             listener.startService()
-        self.log.info("passenger {version} serving {app} ({root}) on {listen}",
-                      version=__version__, app=self.config.app.name, root=self.config.app.root,
-                      listen=", ".join(self.config.listen))
-        self.group.start()
+        apps = ", ".join(f"{app.name} ({app.root})" for app in self.config.apps)
+        self.log.info("passenger {version} serving {apps} on {listen}",
+                      version=__version__, apps=apps, listen=", ".join(self.config.listen))
+        self.pool.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -76,7 +80,7 @@ class PassengerService(Service):
 
     @inlineCallbacks
     def _stop(self) -> Any:
-        group, front = self.group, self.front
+        pool, front = self.pool, self.front
         yield DeferredList([d for d in (s.stopService() for s in self.listeners) if d is not None],
                            consumeErrors=True)
         if front is not None:
@@ -90,8 +94,8 @@ class PassengerService(Service):
                 front.abort_all()
             else:
                 timeout.cancel()
-        if group is not None:
-            yield group.stop()
+        if pool is not None:
+            yield pool.stop()
         self.log.info("passenger stopped; every app process has exited")
         # twistd and twist re-raise the signal that stopped the reactor, so a
         # clean TERM would end with status -15.  The stop was graceful and

@@ -8,7 +8,6 @@ mistake reaches the terminal as one line and a non-zero exit.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import sys
 from typing import Any
@@ -16,22 +15,9 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from passenger.config import (
-    AppConfig,
-    ConfigError,
-    ServerConfig,
-    non_negative_int,
-    parse_envvar,
-    positive_seconds,
-    read_passengerfile,
-    validate_app,
-)
-
-
-def _unknown_or_count(value: str) -> int | None:
-    if value.strip().lower() in ("", "unknown", "-1"):
-        return None
-    return non_negative_int("--concurrency", value)
+from passenger.config import ConfigError, ServerConfig
+from passenger.loader import build_config
+from passenger.options import SETTINGS, Setting
 
 
 class ConfigExit(SystemExit):
@@ -46,52 +32,37 @@ class ConfigExit(SystemExit):
         self.message = message
 
 
+def _help(setting: Setting) -> str:
+    shown = setting.default
+    if shown is None or shown in ((), {}) or setting.is_flag or "[default:" in setting.help:
+        return setting.help
+    return f"{setting.help} [default: {shown}]"
+
+
 class Options(usage.Options):
+    """Every setting of ``options.py`` as an option; values stay raw until postOptions converts them."""
+
     synopsis = "[options]"
     longdesc = (
         "Spawn processes of any web app with --app-start-command (which gets its "
-        "port in $PORT), keep a pool of them, and reverse-proxy HTTP to the least busy one."
+        "port in $PORT), keep a pool of them, and reverse-proxy HTTP to the least busy one. "
+        "Several apps: --config FILE (TOML); options given here override the file."
     )
 
     optParameters: list[list[Any]] = [
-        ["app-root", None, None, "Directory of the app; the command runs there. [default: current directory]"],
-        ["app-start-command", None, None, "Command that starts one app process listening on 127.0.0.1:$PORT."],
-        ["address", None, "0.0.0.0", "Address to listen on for HTTP."],
-        ["port", None, "3000", "Port to listen on for HTTP."],
-        ["environment", None, "production", "Sets PASSENGER_APP_ENV, RAILS_ENV, RACK_ENV, WSGI_ENV and NODE_ENV."],
-        ["min-instances", None, "1", "Processes to keep running at all times."],
-        ["max-pool-size", None, "6", "Most processes to run."],
-        ["concurrency", None, "unknown", "Requests one process can take at once: N, 0 for unlimited, or unknown."],
-        ["max-request-queue-size", None, "100", "Requests that may wait for a process; beyond that 503. 0 = unbounded."],
-        ["start-timeout", None, "90", "Seconds a process may take to start listening before it is killed."],
-        ["drain-timeout", None, "30", "Seconds in-flight requests get to finish when the server stops."],
-        ["shutdown-timeout", None, "30", "Seconds between TERM and KILL when an app process is stopped."],
-        ["spawn-dir", None, None, "Where spawn work directories are made. [default: $TMPDIR or /tmp]"],
-        ["spawn-error-status", None, "500", "HTTP status of the answer when the app cannot be started."],
-        ["custom-error-page", None, None, "HTML file served instead of the error page when the app cannot be started."],
-        ["health-check-path", None, None, "GET this path: a process is ready only when it answers 2xx/3xx, "
-         "and is replaced when it fails it --health-check-failures times in a row."],
-        ["health-check-interval", None, "10", "Seconds between health checks of a running process."],
-        ["health-check-timeout", None, "5", "Seconds a health check may take."],
-        ["health-check-failures", None, "3", "Failed health checks in a row after which a process is replaced."],
-        ["user", None, None, "When run as root: the account app processes run as. [default: the app root's owner; "
-         "never root: nobody then]"],
-        ["group", None, None, "When run as root: the group app processes run as. [default: the user's group]"],
+        ["config", None, None, "TOML file declaring the server and its apps ([[app]] tables)."],
+        *([s.option[2:], None, None, _help(s)] for s in SETTINGS if not s.is_flag and not s.repeatable),
     ]
     optFlags: list[list[Any]] = [
-        ["app-supports-kuria-protocol", None,
-         "The app speaks SpawningKit's Kuria protocol: no $PORT; it writes response/finish and properties.json."],
-        ["debug-spawn-dir", None, "Keep every spawn's work directory (for debugging the handshake)."],
-        ["friendly-error-pages", None, "Show the detailed spawn error page (default: only with --environment development)."],
+        *([s.option[2:], None, _help(s)] for s in SETTINGS if s.is_flag),
         ["no-friendly-error-pages", None, "Never show the detailed spawn error page."],
-        ["load-shell-envvars", None, "Start the command through the user's login shell (bash -lc ...), "
-         "so its profile sets the environment."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["envvars"] = {}
+        for setting in SETTINGS:
+            if setting.repeatable:
+                self[setting.option[2:]] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to serve HTTP on (repeatable; replaces --address/--port):
@@ -100,11 +71,11 @@ class Options(usage.Options):
 
     def opt_envvar(self, assignment: str) -> None:
         """NAME=VALUE to set in the app's environment (repeatable)."""
-        try:
-            name, value = parse_envvar(assignment)
-        except ConfigError as e:
-            raise ConfigExit(str(e)) from None
-        self["envvars"][name] = value
+        self["envvar"].append(assignment)
+
+    def opt_server_name(self, name: str) -> None:
+        """Host name the app answers (repeatable; '*.example.com' and '*' allowed). [default: every host]"""
+        self["server-name"].append(name)
 
     def opt_app_support_kuria_protocol(self) -> None:
         """Alias of --app-supports-kuria-protocol (Passenger Standalone's spelling)."""
@@ -114,70 +85,39 @@ class Options(usage.Options):
         """Alias of --concurrency (Passenger's name)."""
         self["concurrency"] = value
 
+    def given(self) -> dict[str, Any]:
+        """The settings given on the command line, raw, by setting key."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = self[setting.option[2:]]
+            if setting.is_flag:
+                value = True if value else None
+            elif setting.repeatable and not value:
+                value = None
+            values[setting.key] = value
+        if self["no-friendly-error-pages"]:
+            if values["friendly_error_pages"]:
+                raise ConfigError("--friendly-error-pages and --no-friendly-error-pages contradict each other")
+            values["friendly_error_pages"] = False
+        return values
+
     def postOptions(self) -> None:
+        path, self["config-file"] = self["config"], self["config"]
         try:
-            self["config"] = self._build()
+            self["config"] = self._build(path)
         except ConfigError as e:
             raise ConfigExit(str(e)) from None
 
-    def _build(self) -> ServerConfig:
-        root = self["app-root"] or os.getcwd()
-        if not os.path.isdir(root):
-            raise ConfigError(f"--app-root {root!r}: no such directory")
-        passengerfile = read_passengerfile(root)  # the command line wins over it
-        command = self["app-start-command"] or passengerfile.get("app_start_command")
-        if command is None:
-            raise ConfigError("--app-start-command is required: the command that starts the app, e.g. 'node server.js'")
-        if self["friendly-error-pages"] and self["no-friendly-error-pages"]:
-            raise ConfigError("--friendly-error-pages and --no-friendly-error-pages contradict each other")
-        friendly = True if self["friendly-error-pages"] else (False if self["no-friendly-error-pages"] else None)
-        app = validate_app(
-            AppConfig(
-                name=os.path.basename(os.path.abspath(root)) or "app",
-                root=root,
-                start_command=str(command),
-                environment=self["environment"],
-                min_instances=non_negative_int("--min-instances", self["min-instances"]),
-                max_pool_size=non_negative_int("--max-pool-size", self["max-pool-size"]),
-                concurrency=_unknown_or_count(self["concurrency"]),
-                max_request_queue_size=non_negative_int("--max-request-queue-size", self["max-request-queue-size"]),
-                start_timeout=positive_seconds("--start-timeout", self["start-timeout"]),
-                envvars=dict(self["envvars"]),
-                shutdown_timeout=positive_seconds("--shutdown-timeout", self["shutdown-timeout"]),
-                kuria=bool(self["app-supports-kuria-protocol"] or passengerfile.get("app_supports_kuria_protocol")),
-                spawn_dir=self["spawn-dir"],
-                debug_spawn_dir=bool(self["debug-spawn-dir"]),
-                spawn_error_status=non_negative_int("--spawn-error-status", self["spawn-error-status"]),
-                friendly_error_pages=friendly,
-                custom_error_page=_read_page(self["custom-error-page"]),
-                health_check_path=self["health-check-path"],
-                health_check_interval=positive_seconds("--health-check-interval", self["health-check-interval"]),
-                health_check_timeout=positive_seconds("--health-check-timeout", self["health-check-timeout"]),
-                health_check_failures=non_negative_int("--health-check-failures", self["health-check-failures"]),
-                user=self["user"],
-                group=self["group"],
-                load_shell_envvars=bool(self["load-shell-envvars"]),
-            )
-        )
+    def _build(self, path: str | None) -> ServerConfig:
+        config = build_config(self.given(), path)
         from passenger.spawn.users import resolve_app_user
 
-        resolve_app_user(app)  # an unknown --user/--group, or root, is a config error now, not at the first spawn
-        listen = tuple(self["listen"]) or (self._default_listen(),)
-        skip_tls_stack_unless_needed(listen)
-        for description in listen:
+        for app in config.apps:
+            resolve_app_user(app)  # an unknown --user/--group, or root, is a config error now, not at the first spawn
+        skip_tls_stack_unless_needed(config.listen)
+        for description in config.listen:
             _check_listen(description)
-        return ServerConfig(
-            app=app,
-            listen=listen,
-            drain_timeout=positive_seconds("--drain-timeout", self["drain-timeout"]),
-        )
-
-    def _default_listen(self) -> str:
-        port = non_negative_int("--port", self["port"])
-        if port > 65535:
-            raise ConfigError(f"--port {port}: must be at most 65535")
-        address = self["address"].replace(":", "\\:")
-        return f"tcp:{port}:interface={address}"
+        return config
 
 
 #: Endpoint types that need pyOpenSSL.
@@ -197,16 +137,6 @@ def skip_tls_stack_unless_needed(listen: tuple[str, ...]) -> None:
     if "twisted.internet.tcp" in sys.modules:
         return  # too late to make a difference
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
-
-
-def _read_page(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read(1024 * 1024)
-    except OSError as e:
-        raise ConfigError(f"--custom-error-page {path!r}: {e.strerror}") from None
 
 
 def _check_listen(description: str) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from passenger.http.errors import error_response, page_response
 from passenger.http.headers import REQUEST_DROPPED, connection_tokens
+from passenger.http.router import Router
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
 from passenger.pool.process import READY
 from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
@@ -56,12 +57,15 @@ class Request:
         "buffered",
         "chunked",
         "complete",
+        "group",
         "has_body",
         "head",
         "headers",
+        "host",
         "is_head",
         "keep_alive",
         "method",
+        "response_extra",
         "sent",
         "tries",
         "upgrade",
@@ -78,6 +82,10 @@ class Request:
         self.upgrade = False
         self.is_head = False
         self.head = b""
+        self.host: bytes | None = None
+        self.group: Group | None = None
+        #: Header lines the server adds to the response (the sticky-session cookie).
+        self.response_extra = b""
         self.chunked = False
         self.has_body = False
         self.body: list[bytes] = []
@@ -93,7 +101,9 @@ class FrontProtocol(Protocol):
 
     def __init__(self, factory: FrontFactory) -> None:
         self.factory = factory
-        self.group = factory.group
+        #: The app of the request in progress (set when it starts; requests on a connection go one at a time).
+        self.group: Group = factory.router.only  # type: ignore[assignment]
+        self.request_timer: IDelayedCall | None = None
         self.parser = HttpRequestParser(self)
         self.parsing: Request | None = None
         self.active: Request | None = None
@@ -137,8 +147,9 @@ class FrontProtocol(Protocol):
                 upstream.transport.abortConnection()  # type: ignore[attr-defined]
         process, self.process = self.process, None
         if process is not None:
+            self._cancel_request_timer()
             self.group.release(process)
-        elif self.active is not None:
+        elif self.active is not None and self.active.group is not None:
             self.group.cancel(self)
         self.active = None
         self.pipeline.clear()
@@ -185,6 +196,7 @@ class FrontProtocol(Protocol):
         request.upgrade = parser.should_upgrade()
         request.is_head = method == b"HEAD"
         request.head = self._upstream_head(request)
+        request.group = self.factory.router.route(request.host, request.url)
         if self.active is None:
             self._start(request)
         else:
@@ -250,6 +262,7 @@ class FrontProtocol(Protocol):
             parts += (b"X-Forwarded-For: ", self.peer, b"\r\n")
         parts += (b"X-Forwarded-Proto: ", self.scheme, b"\r\n")
         if host is not None:
+            request.host = host
             parts += (b"X-Forwarded-Host: ", host, b"\r\n")
         if request.upgrade and upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
@@ -268,7 +281,14 @@ class FrontProtocol(Protocol):
         if self.closing:
             request.keep_alive = False
         request.tries += 1
-        process = self.group.checkout(self)
+        group = request.group
+        if group is None:
+            self._send_error(404, "Not Found", "No application is configured for this host and path.")
+            return
+        self.group = group
+        app = group.app
+        sticky_id = self._sticky_id(request, app.sticky_sessions_cookie_name) if app.sticky_sessions else None
+        process = group.checkout(self, sticky_id)
         if process is not None:
             self.deliver(process)
 
@@ -279,6 +299,13 @@ class FrontProtocol(Protocol):
             return
         self._resume(PAUSED_WAITING)
         self.process = process
+        app = self.group.app
+        if app.max_request_time:
+            self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
+        if process.sticky_id is not None:
+            self.active.response_extra = b"Set-Cookie: %s=%d; Path=%s; %s\r\n" % (
+                app.sticky_sessions_cookie_name.encode(), process.sticky_id, app.base_uri.encode(),
+                app.sticky_sessions_cookie_attributes.encode())
         idle = process.idle
         if idle:
             upstream = idle.pop()
@@ -334,6 +361,7 @@ class FrontProtocol(Protocol):
         self.log.warn("Process {pid} of {app} refused a connection on port {port}: {error}",
                       pid=process.pid, app=process.app, port=process.port, error=reason.getErrorMessage())
         self.process = None
+        self._cancel_request_timer()
         self.group.release(process)
         self.group.unreachable(process)
         request = self.active
@@ -384,7 +412,47 @@ class FrontProtocol(Protocol):
     def _release(self) -> None:
         process, self.process = self.process, None
         if process is not None:
+            self._cancel_request_timer()
             self.group.release(process)
+
+    def _cancel_request_timer(self) -> None:
+        timer, self.request_timer = self.request_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _ran_too_long(self, process: AppProcess) -> None:
+        """max_request_time passed: 504 (or a cut connection if the response began); the process is replaced."""
+        self.request_timer = None
+        if self.process is not process:
+            return
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.front = None
+            if upstream.transport is not None:
+                upstream.transport.abortConnection()  # type: ignore[attr-defined]
+        self.process = None
+        self.group.stuck(process, self.group.app.max_request_time)
+        self.group.release(process)
+        if self.responding:
+            self.responding = False
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._send_error(504, "Gateway Timeout", "The application did not answer within its max_request_time.")
+
+    @staticmethod
+    def _sticky_id(request: Request, cookie_name: str) -> int | None:
+        """The process id in the sticky-session cookie (the first Cookie header, as Passenger)."""
+        wanted = cookie_name.encode() + b"="
+        for name, value in request.headers:
+            if name.lower() == b"cookie":
+                for crumb in value.split(b";"):
+                    crumb = crumb.strip()
+                    if crumb.startswith(wanted):
+                        number = crumb[len(wanted):]
+                        return int(number) if number.isdigit() and len(number) < 12 else None
+                return None
+        return None
 
     # Writing the response.
     def begin_response(self, upstream: UpstreamConnection, head: list[bytes], mode: int, keep_alive: bool) -> None:
@@ -544,8 +612,8 @@ class FrontFactory(Factory):
         """
         return [b"http/1.1"]
 
-    def __init__(self, group: Group, reactor: Any) -> None:
-        self.group = group
+    def __init__(self, router: Router[Group], reactor: Any) -> None:
+        self.router = router
         self.reactor = reactor
         self.connections: set[FrontProtocol] = set()
         self._drained: list[Deferred[None]] = []

@@ -195,6 +195,8 @@ class UpstreamConnection(Protocol):
         for name, lname, value in kept:
             if extra is None or lname not in extra:
                 parts += (name, b": ", value, b"\r\n")
+        if request.response_extra:
+            parts.append(request.response_extra)
         keep_alive = request.keep_alive and not front.closing
         if status == 101:
             self.mode = BODY_NONE

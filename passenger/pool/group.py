@@ -1,10 +1,17 @@
-"""The group of one app: its processes, its request queue, when to spawn.
+"""The group of one app: its processes, its request queue, when to spawn, when to recycle.
 
 Requests check out a process here (least busy, see routing.py) and give it
 back when their response is done.  When no process can take a request it
-waits in a FIFO queue, bounded by ``max_request_queue_size``; the group
-spawns another process while it is below ``max_pool_size`` and every process
-is busy.  Spawns are serial, one at a time per group, as in Passenger.
+waits in a FIFO queue, bounded in size (``max_request_queue_size``, then 503)
+and in time (``max_request_queue_time``, then 504).  The group spawns while
+it is below ``min_instances``, someone waits, or every process is busy, up to
+``max_instances`` and as far as the pool (all apps) has room; at most
+``max_spawns_in_parallel`` at a time (1, serial, as in Passenger).
+
+A process leaves gracefully ("retired"): out of rotation at once, stopped when
+its last request is done (or after the drain timeout).  That is how idle
+processes, recycled ones (``max_requests``, ``memory_limit``), unhealthy ones
+and processes evicted to make room for another app go.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall
@@ -22,15 +29,19 @@ from twisted.logger import Logger
 
 from passenger.config import AppConfig
 from passenger.pool.process import DEAD, READY, AppProcess
-from passenger.pool.routing import route
+from passenger.pool.routing import is_full, route
 from passenger.spawn.failure import minimal_report, save_failure
 from passenger.spawn.health import HealthMonitor, HealthResult, check_http
 from passenger.spawn.report import SpawnReport, log_line
+
+if TYPE_CHECKING:
+    from passenger.pool.pool import Pool
 
 #: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF,
 #: with +/-25% jitter so that many apps failing together do not retry in step.
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
+SHUTTING_DOWN = (503, "Service Unavailable", "The server is shutting down.")
 
 
 def app_fingerprint(root: str) -> tuple[int, ...]:
@@ -66,23 +77,32 @@ class SpawnerLike(Protocol):
     def spawn(self, app: AppConfig, number: int, observer: Any, ports_in_use: Any = ()) -> AppProcess: ...
 
 
+#: A queued request: when it started waiting, and the waiter.
+Queued = tuple[float, Waiter]
+
+
 class Group:
     log = Logger()
 
-    def __init__(self, app: AppConfig, spawner: SpawnerLike, clock: Any,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(self, app: AppConfig, spawner: SpawnerLike, clock: Any, pool: Pool,
+                 jitter: Callable[[], float] = random.random, drain_timeout: float = 30.0) -> None:
         self.app = app
+        self.pool = pool
         self._jitter = jitter
         self._spawner = spawner
         self._clock = clock
-        #: Live processes in the pool (spawning or ready), oldest first.
+        self.drain_timeout = drain_timeout
+        #: Live processes that count against the limits (spawning or ready), oldest first.
         self.processes: list[AppProcess] = []
-        #: Processes on their way out (killed after a failed start), until reaped.
+        #: Processes on their way out (draining or stopping), until reaped.
         self.leaving: set[AppProcess] = set()
         #: Ready processes, oldest first: what routing chooses from.
         self.ready: list[AppProcess] = []
-        self.queue: collections.deque[Waiter] = collections.deque()
-        self.spawning: AppProcess | None = None
+        #: Requests waiting for any process, oldest first.
+        self.queue: collections.deque[Queued] = collections.deque()
+        #: Requests waiting for one process (sticky sessions), by process.
+        self.sticky_waiting = 0
+        self.spawning: list[AppProcess] = []
         self.running = False
         self.spawned = 0
         self.failures = 0
@@ -90,6 +110,9 @@ class Group:
         self.last_failure: SpawnReport | None = None
         self._failed_fingerprint: tuple[int, ...] = ()
         self._backoff: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
+        self._queue_timer: IDelayedCall | None = None
+        self._sticky_ids: dict[int, AppProcess] = {}
 
     # Life of the group.
     def start(self) -> None:
@@ -99,87 +122,236 @@ class Group:
     def stop(self) -> Deferred[Any]:
         """Reject waiters, stop every process; fires when all are reaped."""
         self.running = False
-        if self._backoff is not None and self._backoff.active():
-            self._backoff.cancel()
-        self._backoff = None
-        while self.queue:
-            self.queue.popleft().reject(503, "Service Unavailable", "The server is shutting down.")
+        for timer in (self._backoff, self._idle_timer, self._queue_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._backoff = self._idle_timer = self._queue_timer = None
+        for waiter in self._take_all_waiters():
+            waiter.reject(*SHUTTING_DOWN)
         everyone = list(self.processes) + list(self.leaving)
+        for process in everyone:
+            self._forget(process)
         return DeferredList([p.stop() for p in everyone], consumeErrors=True)
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a process of this app."""
+        return len(self.queue) + self.sticky_waiting
+
+    def queued(self) -> list[Waiter]:
+        """The requests waiting for any process, oldest first."""
+        return [waiter for _, waiter in self.queue]
+
     # Requests.
-    def checkout(self, waiter: Waiter) -> AppProcess | None:
+    def checkout(self, waiter: Waiter, sticky_id: int | None = None) -> AppProcess | None:
         """A process for this request now, or None (the waiter will hear later)."""
-        process = route(self.ready)
-        if process is not None:
-            process.sessions += 1
-            if self.spawning is None and len(self.processes) < self.app.max_pool_size:
-                self._maybe_spawn()
-            return process
+        target = self._sticky_ids.get(sticky_id) if sticky_id is not None else None
+        if target is not None and target.state == READY and target in self.ready:
+            if not is_full(target):
+                target.sessions += 1
+                return target
+        else:
+            target = None
+            process = route(self.ready)
+            if process is not None:
+                process.sessions += 1
+                if not self.spawning:
+                    self._maybe_spawn()  # every process busy: grow, as far as the limits allow
+                return process
         if not self.running:
-            waiter.reject(503, "Service Unavailable", "The server is shutting down.")
+            waiter.reject(*SHUTTING_DOWN)
             return None
         limit = self.app.max_request_queue_size
-        if limit and len(self.queue) >= limit:
-            self.log.warn("Request queue of {app} is full ({size}); answering 503", app=self.app.name, size=len(self.queue))
-            waiter.reject(503, "Service Unavailable",
+        if limit and self.waiting >= limit:
+            self.log.warn("Request queue of {app} is full ({size}); answering {status}", app=self.app.name,
+                          size=self.waiting, status=self.app.request_queue_overflow_status_code)
+            waiter.reject(self.app.request_queue_overflow_status_code, "Service Unavailable",
                           "This website is under heavy load (queue full). Please try again in a moment.")
             return None
-        if not self.ready and self.spawning is None and self._backoff is not None and self.last_failure:
+        if not self.ready and not self.spawning and self._backoff is not None and self.last_failure:
             if app_fingerprint(self.app.root) == self._failed_fingerprint:
                 waiter.spawn_failed(self.last_failure)  # back-off: no spawn storm, the last error at once
                 return None
             self.log.info("The files of {app} changed since its last failed spawn; trying again now", app=self.app.name)
             self._end_backoff()
-        self.queue.append(waiter)
+        entry = (self._clock.seconds(), waiter)
+        if target is not None:
+            target.waiters.append(entry)  # it waits for its own process (sticky sessions)
+            self.sticky_waiting += 1
+        else:
+            self.queue.append(entry)
+        self._watch_queue_time()
         self._maybe_spawn()
         return None
 
     def cancel(self, waiter: Waiter) -> None:
-        """The waiter's client went away: it leaves the queue."""
-        try:
-            self.queue.remove(waiter)
-        except ValueError:
-            pass
+        """The waiter's client went away: it leaves the queue at once."""
+        for entry in self.queue:
+            if entry[1] is waiter:
+                self.queue.remove(entry)
+                return
+        for process in self.ready:
+            for entry in process.waiters:
+                if entry[1] is waiter:
+                    process.waiters.remove(entry)
+                    self.sticky_waiting -= 1
+                    return
 
     def release(self, process: AppProcess) -> None:
         """A request on ``process`` is over."""
         process.sessions -= 1
         process.processed += 1
-        process.last_used = time.time()
-        if self.queue and process.state == READY:
+        process.last_used = self._clock.seconds()
+        if process.draining:
+            if process.sessions == 0:
+                self._stop_drained(process)
+            return
+        if process.state != READY:
+            return
+        limit = self.app.max_requests
+        if limit and process.processed >= limit:
+            self.log.info("Process {pid} of {app} served {count} requests (max_requests); replacing it",
+                          pid=process.pid, app=self.app.name, count=process.processed)
+            self._retire(process)
+            return
+        if process.waiters or self.queue:
             self._dispatch()
+        elif process.sessions == 0:
+            if self.pool.needs_room(self):
+                self.log.info("Stopping idle process {pid} of {app} to make room for another app",
+                              pid=process.pid, app=self.app.name)
+                self._retire(process)
+            else:
+                self._watch_idle()
 
     def unreachable(self, process: AppProcess) -> None:
         """``process`` refused a connection: it no longer serves, so replace it."""
-        if process.state != READY:
+        if process.state != READY or process.draining:
             return
         self.log.warn("Process {pid} of {app} stopped accepting connections; replacing it",
                       pid=process.pid, app=self.app.name)
         self._retire(process)
 
+    def stuck(self, process: AppProcess, seconds: float) -> None:
+        """A request ran past max_request_time on ``process``: stop it now (its other requests fail)."""
+        if process.state != READY:
+            return
+        self.log.warn("A request on process {pid} of {app} ran longer than {seconds}s (max_request_time); "
+                      "replacing the process", pid=process.pid, app=self.app.name, seconds=seconds)
+        self._forget(process)
+        self._leave(process, process.stop())
+        self._settle()
+
+    def recycle(self, process: AppProcess, why: str) -> None:
+        """Replace ``process`` gracefully (memory limit and the like)."""
+        if process.state != READY or process.draining:
+            return
+        self.log.warn("Process {pid} of {app} {why}; replacing it", pid=process.pid, app=self.app.name, why=why)
+        self._retire(process)
+
+    def evict(self, process: AppProcess) -> None:
+        """The pool needs room for another app: retire this idle process."""
+        self.log.info("Stopping idle process {pid} of {app} to make room for another app",
+                      pid=process.pid, app=self.app.name)
+        self._retire(process, settle=False)
+
     def _dispatch(self) -> None:
+        """Hand waiting requests to processes that have room: their own sticky waiters first, then the queue."""
+        if self.sticky_waiting:
+            for process in self.ready:
+                waiters = process.waiters
+                while waiters and not is_full(process):
+                    process.sessions += 1
+                    self.sticky_waiting -= 1
+                    waiters.popleft()[1].deliver(process)
         queue = self.queue
         while queue:
-            process = route(self.ready)
-            if process is None:
-                return
-            process.sessions += 1
-            queue.popleft().deliver(process)
+            chosen = route(self.ready)
+            if chosen is None:
+                break
+            chosen.sessions += 1
+            queue.popleft()[1].deliver(chosen)
+
+    def _take_all_waiters(self) -> list[Waiter]:
+        waiters = [waiter for _, waiter in self.queue]
+        self.queue.clear()
+        for process in self.processes:
+            waiters += [waiter for _, waiter in process.waiters]
+            process.waiters.clear()
+        self.sticky_waiting = 0
+        return waiters
+
+    # Time limits on waiting and idling.
+    def _watch_queue_time(self) -> None:
+        if self.app.max_request_queue_time and self._queue_timer is None:
+            oldest = self._oldest_wait()
+            if oldest is not None:
+                self._queue_timer = self._clock.callLater(
+                    max(0.0, oldest + self.app.max_request_queue_time - self._clock.seconds()), self._queue_time_over)
+
+    def _oldest_wait(self) -> float | None:
+        since = [self.queue[0][0]] if self.queue else []
+        since += [p.waiters[0][0] for p in self.processes if p.waiters]
+        return min(since) if since else None
+
+    def _queue_time_over(self) -> None:
+        """Answer 504 to every request that has waited longer than max_request_queue_time."""
+        self._queue_timer = None
+        limit = self.app.max_request_queue_time
+        cutoff = self._clock.seconds() - limit
+        expired = []
+        while self.queue and self.queue[0][0] <= cutoff:
+            expired.append(self.queue.popleft()[1])
+        for process in self.processes:
+            while process.waiters and process.waiters[0][0] <= cutoff:
+                expired.append(process.waiters.popleft()[1])
+                self.sticky_waiting -= 1
+        if expired:
+            self.log.warn("{count} request(s) waited longer than {seconds}s for a process of {app}; answering 504",
+                          count=len(expired), seconds=limit, app=self.app.name)
+        for waiter in expired:
+            waiter.reject(504, "Gateway Timeout", "The request waited too long for the application (queue time limit).")
+        self._watch_queue_time()
+
+    def _watch_idle(self) -> None:
+        """Make sure a timer will stop processes idle for pool_idle_time (never below min_instances)."""
+        idle_time = self.app.pool_idle_time
+        if not idle_time or self._idle_timer is not None or len(self.processes) <= self.app.min_instances:
+            return
+        idle = [p.last_used for p in self.ready if p.sessions == 0]
+        if idle:
+            delay = max(0.0, min(idle) + idle_time - self._clock.seconds())
+            self._idle_timer = self._clock.callLater(delay, self._reap_idle)
+
+    def _reap_idle(self) -> None:
+        self._idle_timer = None
+        cutoff = self._clock.seconds() - self.app.pool_idle_time
+        for process in sorted(self.ready, key=lambda p: p.last_used):
+            if len(self.processes) <= self.app.min_instances:
+                break
+            if process.sessions == 0 and process.last_used <= cutoff:
+                self.log.info("Process {pid} of {app} was idle for {seconds:.0f}s (pool_idle_time); stopping it",
+                              pid=process.pid, app=self.app.name, seconds=self._clock.seconds() - process.last_used)
+                self._retire(process, replace=False)
+        self._watch_idle()
 
     # Spawning.
-    def _wants_process(self) -> bool:
+    def wants_process(self) -> bool:
         """Passenger's rule: below min_instances, someone waiting, or no ready process left free.
 
         "Free" is: no request in flight when the concurrency is unknown (Passenger
         never scales such apps; we do), a slot left when it is known.
         """
         count = len(self.processes)
-        if count >= self.app.max_pool_size:
+        if self.app.max_instances and count >= self.app.max_instances:
             return False
-        if count < self.app.min_instances or self.queue:
+        if count < self.app.min_instances:
             return True
-        if not self.ready:
+        spawning = len(self.spawning)
+        if self.waiting:
+            # Each process on its way takes at least one waiter (its concurrency's worth, if known).
+            return self.waiting > spawning * (self.app.concurrency or 1)
+        if spawning or not self.ready:
             return False
         for process in self.ready:
             limit = process.concurrency
@@ -188,51 +360,57 @@ class Group:
         return True
 
     def _maybe_spawn(self) -> None:
-        if not self.running or self.spawning is not None or self._backoff is not None:
-            return
-        if not self._wants_process():
-            return
-        self.spawned += 1
-        try:
-            process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
-        except Exception as e:
-            report = getattr(e, "report", None) or minimal_report(self.app, str(e))
-            self._spawn_failed(report)
-            return
-        self.spawning = process
-        self.processes.append(process)
+        while (self.running and self._backoff is None and len(self.spawning) < self.app.max_spawns_in_parallel
+               and self.wants_process() and self.pool.may_spawn(self, evict=self.waiting > 0)):
+            self.spawned += 1
+            try:
+                process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
+            except Exception as e:
+                report = getattr(e, "report", None) or minimal_report(self.app, str(e))
+                self._spawn_failed(report)
+                return
+            self.spawning.append(process)
+            self.processes.append(process)
+
+    def capacity_available(self) -> None:
+        """The pool has room again (for this group, which asked for it)."""
+        self._maybe_spawn()
 
     # ProcessObserver.
     def process_ready(self, process: AppProcess) -> None:
         elapsed = (time.monotonic() - process.started_monotonic) * 1000
         self.log.info("Process {pid} of {app} is ready on port {port} ({ms:.0f} ms)",
                       pid=process.pid, app=self.app.name, port=process.port, ms=elapsed)
-        if self.spawning is process:
-            self.spawning = None
+        if process in self.spawning:
+            self.spawning.remove(process)
+        process.last_used = self._clock.seconds()
         self.failures = 0
         self.last_failure = None
         self.ready.append(process)
         self.ready.sort(key=lambda p: p.number)
+        if self.app.sticky_sessions:
+            process.sticky_id = self._new_sticky_id()
+            self._sticky_ids[process.sticky_id] = process
         self._watch_health(process)
         self._dispatch()
         self._maybe_spawn()
+        self._watch_idle()
 
     def process_failed(self, process: AppProcess, reason: str) -> None:
         report = process.failure or minimal_report(self.app, f"process {process.pid} {reason}", process.pid,
                                                    tuple(process.log_tail()[-50:]))
         self._forget(process)
         if process.state != DEAD:
-            self.leaving.add(process)
-            process.wait_stopped().addCallback(lambda _: self.leaving.discard(process))
-        if self.spawning is process:
-            self.spawning = None
+            self._leave(process, process.wait_stopped())
         self._spawn_failed(report)
+        self.pool.rebalance()
 
     def process_exited(self, process: AppProcess, reason: str) -> None:
         self.log.warn("Process {pid} of {app} {reason}; removed from the pool",
                       pid=process.pid, app=self.app.name, reason=reason)
         self._forget(process)
-        self._maybe_spawn()
+        self.leaving.discard(process)
+        self._settle()
 
     def _watch_health(self, process: AppProcess) -> None:
         app = self.app
@@ -249,21 +427,44 @@ class Group:
 
     def _unhealthy(self, process: AppProcess, result: HealthResult) -> None:
         """Failed its health check N times in a row: out of rotation, replaced."""
-        if process.state != READY:
+        if process.state != READY or process.draining:
             return
         self.log.warn("Process {pid} of {app} failed its health check {path} {count} times in a row ({detail}); "
                       "replacing it", pid=process.pid, app=self.app.name, path=self.app.health_check_path,
                       count=self.app.health_check_failures, detail=result.detail)
         self._retire(process)
 
-    def _retire(self, process: AppProcess) -> None:
-        """Take a process out of rotation, stop it (its requests finish or fail), spawn a replacement."""
+    # Processes leaving.
+    def _retire(self, process: AppProcess, replace: bool = True, settle: bool = True) -> None:
+        """Out of rotation now; stopped once its requests are done (or after the drain timeout)."""
         self._forget(process)
+        process.draining = True
+        for connection in process.idle:
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        process.idle.clear()
+        if process.sessions == 0:
+            self._leave(process, process.stop())
+        else:
+            self.leaving.add(process)
+            process.arm(self.drain_timeout, lambda: self._stop_drained(process))
+        if settle:
+            self._settle() if replace else self.pool.rebalance()
+
+    def _stop_drained(self, process: AppProcess) -> None:
+        if process.sessions:
+            self.log.warn("Process {pid} of {app} still had {count} request(s) after {seconds}s of draining; "
+                          "stopping it", pid=process.pid, app=self.app.name, count=process.sessions,
+                          seconds=self.drain_timeout)
+        process.draining = False
+        self._leave(process, process.stop())
+
+    def _leave(self, process: AppProcess, stopped: Deferred[None]) -> None:
         self.leaving.add(process)
-        process.stop().addCallback(lambda _: self.leaving.discard(process))
-        self._maybe_spawn()
+        stopped.addCallback(lambda _: self.leaving.discard(process))
 
     def _forget(self, process: AppProcess) -> None:
+        """Out of the pool's counts and out of rotation; its sticky waiters go back to the queue."""
         if process.monitor is not None:
             process.monitor.stop()
             process.monitor = None
@@ -271,7 +472,28 @@ class Group:
             self.processes.remove(process)
         if process in self.ready:
             self.ready.remove(process)
+        if process in self.spawning:
+            self.spawning.remove(process)
+        if process.sticky_id is not None:
+            self._sticky_ids.pop(process.sticky_id, None)
+        if process.waiters:
+            self.sticky_waiting -= len(process.waiters)
+            self.queue.extendleft(reversed(process.waiters))
+            process.waiters.clear()
 
+    def _settle(self) -> None:
+        """After a process left: serve the queue, spawn what is missing, let other apps use freed room."""
+        self._dispatch()
+        self._maybe_spawn()
+        self.pool.rebalance()
+
+    def _new_sticky_id(self) -> int:
+        while True:
+            candidate = random.randint(1, 2**31 - 1)
+            if candidate not in self._sticky_ids:
+                return candidate
+
+    # Spawn failures and back-off.
     def _spawn_failed(self, report: SpawnReport) -> None:
         self.failures += 1
         self.last_failure = report
@@ -280,8 +502,8 @@ class Group:
         self.log.error("{line}\n{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
                        error_id=report.error_id, tail="\n".join(report.output[-20:]))
         if not self.ready:
-            while self.queue:
-                self.queue.popleft().spawn_failed(report)
+            for waiter in self._take_all_waiters():
+                waiter.spawn_failed(report)
         if self.running:
             delay = min(FIRST_BACKOFF * 2 ** (self.failures - 1), MAX_BACKOFF) * (0.75 + 0.5 * self._jitter())
             self._backoff = self._clock.callLater(delay, self._backoff_over)

@@ -7,6 +7,7 @@ so the hot path never goes through the machine.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,12 @@ class AppProcess:
     #: Every open connection to this process.
     connections: set[UpstreamConnection] = field(default_factory=set)
     host: str = "127.0.0.1"
+    #: Out of rotation, finishing its requests before it is stopped.
+    draining: bool = False
+    #: Sticky sessions: the cookie value that routes a client back here.
+    sticky_id: int | None = None
+    #: Requests waiting for this very process (sticky sessions), oldest first: (since, waiter).
+    waiters: collections.deque[Any] = field(default_factory=collections.deque)
     _timer: IDelayedCall | None = None
     _stop_waiters: list[Deferred[None]] = field(default_factory=list)
     _machine: Any = None

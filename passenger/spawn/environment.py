@@ -16,6 +16,9 @@ def app_environment(app: AppConfig, port: int | None, inherited: Mapping[str, st
     env["IN_PASSENGER"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["PWD"] = app.root
+    if app.base_uri != "/":
+        for name in ("PASSENGER_BASE_URI", "RACK_BASE_URI", "RAILS_RELATIVE_URL_ROOT"):
+            env[name] = app.base_uri
     if port is not None:
         env["PORT"] = str(port)
     env.update(app.envvars)

@@ -184,7 +184,7 @@ def test_force_max_concurrent_requests_per_process_parses_as_concurrency() -> No
     def concurrency(*args: str) -> int | None:
         options = Options()
         options.parseOptions(["--app-root", str(APPS), "--app-start-command", "true", "--port", "0", *args])
-        value: int | None = options["config"].app.concurrency
+        value: int | None = options["config"].apps[0].concurrency
         return value
 
     assert concurrency("--force-max-concurrent-requests-per-process", "4") == 4

@@ -13,6 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from passenger.pool.group import FIRST_BACKOFF, MAX_BACKOFF, Group
+from passenger.pool.pool import Pool
 from passenger.pool.process import AppProcess
 from passenger.spawn.spawner import SpawnError
 from tests.unit.fakes import (
@@ -25,18 +26,20 @@ from tests.unit.fakes import (
 )
 
 
-def make_group(**app: Any) -> tuple[Group, FakeSpawner, Clock]:
+def make_group(max_pool_size: int = 6, **app: Any) -> tuple[Group, FakeSpawner, Clock]:
+    """A group alone in a pool of ``max_pool_size``."""
     clock = Clock()
     spawner = FakeSpawner(clock)
-    return Group(make_app(**app), spawner, clock, jitter=lambda: 0.5), spawner, clock  # no jitter
+    pool = Pool(spawner, clock, max_pool_size, jitter=lambda: 0.5)  # no jitter
+    return pool.add(make_app(**app)), spawner, clock
 
 
 def started(**app: Any) -> tuple[Group, FakeSpawner, Clock]:
     """A started group whose min_instances processes are all ready."""
     group, spawner, clock = make_group(**app)
     group.start()
-    while group.spawning is not None:
-        group.spawning.listening()
+    while group.spawning:
+        group.spawning[0].listening()
     assert len(group.ready) == group.app.min_instances
     return group, spawner, clock
 
@@ -55,10 +58,10 @@ def test_start_spawns_min_instances_one_at_a_time() -> None:
     for i in range(3):
         assert len(spawner.spawned) == i + 1
         assert spawner.in_spawning == [spawner.spawned[i]], "spawns must be serial"
-        assert group.spawning is spawner.spawned[i]
+        assert group.spawning == [spawner.spawned[i]]
         spawner.spawned[i].listening()
     assert len(spawner.spawned) == 3
-    assert group.spawning is None
+    assert not group.spawning
     assert group.ready == spawner.spawned == group.processes
     assert [number for number, _ in spawner.calls] == [1, 2, 3]
     # Each spawn is told the ports already in use.
@@ -101,10 +104,10 @@ def test_when_every_process_is_full_a_request_queues_and_a_spawn_starts() -> Non
 
     b, process = checkout(group, "b")
     assert process is None and b.waiting
-    assert list(group.queue) == [b]
+    assert group.queued() == [b]
     assert len(spawner.spawned) == 2
     p2 = spawner.spawned[1]
-    assert group.spawning is p2
+    assert group.spawning == [p2]
 
     p2.listening()
     assert b.delivered == [p2]
@@ -115,7 +118,7 @@ def test_when_every_process_is_full_a_request_queues_and_a_spawn_starts() -> Non
     c, process = checkout(group, "c")
     assert process is None and c.waiting
     assert len(spawner.spawned) == 2
-    assert group.spawning is None
+    assert not group.spawning
 
 
 def test_release_dispatches_the_queue_head_first() -> None:
@@ -123,7 +126,7 @@ def test_release_dispatches_the_queue_head_first() -> None:
     [p1] = spawner.spawned
     assert checkout(group, "a")[1] is p1
     b, c, d = (checkout(group, name)[0] for name in "bcd")
-    assert list(group.queue) == [b, c, d]
+    assert group.queued() == [b, c, d]
     assert len(spawner.spawned) == 1
 
     group.release(p1)
@@ -148,7 +151,7 @@ def test_a_full_queue_rejects_with_503_at_once() -> None:
     assert process is None
     assert [status for status, _, _ in d.rejected] == [503]
     assert d.delivered == []
-    assert list(group.queue) == [b, c]
+    assert group.queued() == [b, c]
     group.release(p1)
     group.release(p1)
     assert b.delivered == [p1] and c.delivered == [p1] and d.delivered == []
@@ -168,7 +171,7 @@ def test_cancel_removes_a_waiter() -> None:
     checkout(group, "a")
     b, c = checkout(group, "b")[0], checkout(group, "c")[0]
     group.cancel(b)
-    assert list(group.queue) == [c]
+    assert group.queued() == [c]
     group.cancel(b)  # twice, or a waiter never queued: no error
     group.cancel(RecordingWaiter("stranger"))
     group.release(p1)
@@ -186,7 +189,7 @@ def test_unknown_concurrency_grows_when_every_process_is_busy_up_to_max_pool_siz
     assert checkout(group, "b")[1] is p1, "unknown concurrency is never full: no queueing"
     assert len(spawner.spawned) == 2
     p2 = spawner.spawned[1]
-    assert group.spawning is p2
+    assert group.spawning == [p2]
     p2.listening()
 
     assert checkout(group, "c")[1] is p2  # least busy
@@ -200,7 +203,7 @@ def test_unknown_concurrency_grows_when_every_process_is_busy_up_to_max_pool_siz
         waiter, process = checkout(group)
         assert process is not None and waiter.waiting
     assert len(spawner.spawned) == 3, "never past max_pool_size"
-    assert group.spawning is None
+    assert not group.spawning
     assert not group.queue
 
 
@@ -230,7 +233,7 @@ def test_unknown_concurrency_does_not_grow_while_a_process_is_idle() -> None:
     assert checkout(group)[1] is p1
     assert p2.sessions == 0
     assert len(spawner.spawned) == 2
-    assert group.spawning is None
+    assert not group.spawning
 
 
 # Exits and failures.
@@ -242,7 +245,7 @@ def test_a_ready_process_that_exits_is_removed_and_replaced_below_min_instances(
     assert p1 not in group.processes and p1 not in group.ready
     assert len(spawner.spawned) == 3
     p3 = spawner.spawned[2]
-    assert group.spawning is p3
+    assert group.spawning == [p3]
     assert p1.port not in spawner.calls[2][1]
     p3.listening()
     assert group.ready == [p2, p3]
@@ -262,7 +265,7 @@ def test_a_ready_process_that_exits_above_min_instances_is_not_replaced() -> Non
     transport_of(p2).end(signal=9)
     assert group.processes == group.ready == [p1]
     assert len(spawner.spawned) == 2
-    assert group.spawning is None
+    assert not group.spawning
 
 
 def test_a_failed_spawn_rejects_waiters_when_nothing_is_ready_and_backs_off() -> None:
@@ -277,7 +280,7 @@ def test_a_failed_spawn_rejects_waiters_when_nothing_is_ready_and_backs_off() ->
     status, _, detail = a.rejected[0]
     assert 500 <= status < 600
     assert "exited with status 1" in detail
-    assert p1 not in group.processes and group.spawning is None
+    assert p1 not in group.processes and not group.spawning
     assert not group.queue
 
     # Backing off: nothing is spawned before the delay.
@@ -291,7 +294,7 @@ def test_a_failed_spawn_rejects_waiters_when_nothing_is_ready_and_backs_off() ->
 
     clock.advance(FIRST_BACKOFF * 0.1 + 1e-9)
     assert len(spawner.spawned) == 2
-    assert group.spawning is spawner.spawned[1]
+    assert group.spawning == [spawner.spawned[1]]
 
 
 def test_backoff_doubles_up_to_the_maximum_and_resets_after_a_success() -> None:
@@ -305,7 +308,7 @@ def test_backoff_doubles_up_to_the_maximum_and_resets_after_a_success() -> None:
     assert expected[-1] == MAX_BACKOFF
     seen = []
     for _ in expected:
-        transport_of(group.spawning).end(code=1)  # type: ignore[arg-type]
+        transport_of(group.spawning[0]).end(code=1)
         [backoff] = [d for d in delays(clock) if d <= MAX_BACKOFF]  # not the start timeout (90 s)
         seen.append(backoff)
         clock.advance(backoff + 1e-9)
@@ -313,8 +316,8 @@ def test_backoff_doubles_up_to_the_maximum_and_resets_after_a_success() -> None:
     assert len(spawner.spawned) == len(expected) + 1
 
     # A success resets it.
-    assert group.spawning is not None
-    group.spawning.listening()
+    assert group.spawning
+    group.spawning[0].listening()
     assert group.failures == 0
 
 
@@ -325,7 +328,7 @@ def test_a_failed_spawn_keeps_waiters_queued_while_a_process_is_ready() -> None:
     b = checkout(group, "b")[0]
     p2 = spawner.spawned[1]
     transport_of(p2).end(code=3)
-    assert b.waiting and list(group.queue) == [b]
+    assert b.waiting and group.queued() == [b]
     assert delays(clock) == [pytest.approx(FIRST_BACKOFF)]
     group.release(p1)
     assert b.delivered == [p1]

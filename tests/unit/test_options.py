@@ -62,17 +62,15 @@ def config_error(*args: str) -> str:
 
 def test_defaults(root: str, checked: list[str]) -> None:
     options = parse("--app-root", root, "--app-start-command", "node server.js")
-    assert options["address"] == "0.0.0.0"
-    assert options["port"] == "3000"
     config = options["config"]
     assert config.listen == ("tcp:3000:interface=0.0.0.0",)
     assert checked == ["tcp:3000:interface=0.0.0.0"]
-    app = config.app
+    app = config.apps[0]
     assert app.root == root
     assert app.name == "myapp"
     assert app.start_command == "node server.js"
     assert app.min_instances == 1
-    assert app.max_pool_size == 6
+    assert config.max_pool_size == 6
     assert app.concurrency is None
     assert app.max_request_queue_size == 100
     assert app.start_timeout == 90.0
@@ -85,7 +83,7 @@ def test_defaults(root: str, checked: list[str]) -> None:
 def test_app_root_defaults_to_the_current_directory(root: str, checked: list[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(root)
-    app = parse("--app-start-command", "x")["config"].app
+    app = parse("--app-start-command", "x")["config"].apps[0]
     assert os.path.realpath(app.root) == os.path.realpath(root)
     assert app.name == "myapp"
 
@@ -95,8 +93,8 @@ def test_values(root: str, checked: list[str]) -> None:
                    "--concurrency", "4", "--max-request-queue-size", "0", "--start-timeout", "2.5",
                    "--shutdown-timeout", "1", "--drain-timeout", "0.5", "--environment", "staging",
                    "--address", "127.0.0.1", "--port", "8080")["config"]
-    app = config.app
-    assert (app.min_instances, app.max_pool_size, app.concurrency, app.max_request_queue_size) == (2, 3, 4, 0)
+    app = config.apps[0]
+    assert (app.min_instances, config.max_pool_size, app.concurrency, app.max_request_queue_size) == (2, 3, 4, 0)
     assert (app.start_timeout, app.shutdown_timeout, config.drain_timeout) == (2.5, 1.0, 0.5)
     assert app.environment == "staging"
     assert config.listen == ("tcp:8080:interface=127.0.0.1",)
@@ -116,7 +114,7 @@ def test_listen_is_repeatable_and_replaces_address_and_port(root: str, checked: 
 
 def test_envvar_is_repeatable(root: str, checked: list[str]) -> None:
     app = parse("--app-root", root, "--app-start-command", "x", "--envvar", "A=1", "--envvar", "B=x=y",
-                "--envvar", "EMPTY=", "--envvar", "A=2")["config"].app
+                "--envvar", "EMPTY=", "--envvar", "A=2")["config"].apps[0]
     assert dict(app.envvars) == {"A": "2", "B": "x=y", "EMPTY": ""}
 
 
@@ -132,7 +130,7 @@ def test_envvar_is_repeatable(root: str, checked: list[str]) -> None:
 ])
 def test_concurrency_and_its_passenger_alias(root: str, checked: list[str], args: list[str],
                                              expected: int | None) -> None:
-    assert parse("--app-root", root, "--app-start-command", "x", *args)["config"].app.concurrency == expected
+    assert parse("--app-root", root, "--app-start-command", "x", *args)["config"].apps[0].concurrency == expected
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
@@ -241,7 +239,7 @@ def test_plugin_makes_the_service_from_parsed_options(root: str, checked: list[s
     assert IService.providedBy(service)
     assert isinstance(service, PassengerService)
     assert service.config is options["config"]
-    assert service.group is None, "nothing is built before the service starts"
+    assert service.pool is None, "nothing is built before the service starts"
 
 
 def test_importing_the_plugin_installs_no_reactor() -> None:

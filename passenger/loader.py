@@ -1,0 +1,226 @@
+"""Build the ServerConfig from its sources, in Passenger's order of precedence.
+
+For each app: the command line > the config file's ``[[app]]`` table > the
+file's top level (defaults for every app) > the app's ``Passengerfile.json``
+> the defaults in ``options.py``.  Each value is converted by its setting with
+a label naming its source, so an error says where the bad value is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from passenger.config import AppConfig, ConfigError, ServerConfig
+from passenger.options import APP_SETTINGS, BY_KEY, SERVER_SETTINGS, Setting
+
+#: Passenger reads at most this much of an app's Passengerfile.json.
+PASSENGERFILE_CAP = 512 * 1024
+#: Settings that name one app: they belong in an [[app]] table, not at the top of the file.
+ONE_APP_KEYS = frozenset({"name", "root", "start_command"})
+
+
+@attrs.frozen
+class Layer:
+    """Raw values from one source, and how that source names a setting in errors."""
+
+    values: Mapping[str, Any]
+    label: Callable[[Setting], str]
+
+
+def cli_label(setting: Setting) -> str:
+    return setting.option
+
+
+def _file_label(path: str, prefix: str = "") -> Callable[[Setting], str]:
+    return lambda setting: f"{path}: {prefix}{setting.key}"
+
+
+def _canonical(path: str, where: str, table: Mapping[str, Any], scope: str | None) -> dict[str, Any]:
+    """The table's keys as setting keys (aliases resolved); unknown or misplaced keys are errors."""
+    found: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            close = difflib.get_close_matches(key, BY_KEY, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: {where}unknown setting {key!r}{hint}")
+        if scope == "app" and setting.scope == "server":
+            raise ConfigError(f"{path}: {where}{key!r} is a server setting; put it at the top of the file")
+        if scope == "top" and key in ONE_APP_KEYS:
+            raise ConfigError(f"{path}: {key!r} belongs in an [[app]] table")
+        if setting.key in found:
+            raise ConfigError(f"{path}: {where}{key!r} is given twice (as {setting.key!r} and an alias)")
+        found[setting.key] = value
+    return found
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The top-level settings and the [[app]] tables of a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    tables = document.pop("app", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: 'app' must be a list of [[app]] tables")
+    if not tables:
+        raise ConfigError(f"{path}: declares no app; add an [[app]] table with name, root and start_command")
+    top = _canonical(path, "", document, "top")
+    apps = []
+    for number, table in enumerate(tables, 1):
+        name = table.get("name")
+        where = f"app {name!r}: " if isinstance(name, str) else f"app #{number}: "
+        apps.append(_canonical(path, where, table, "app"))
+    return top, apps
+
+
+def read_passengerfile(root: str) -> Layer:
+    """The app settings in ``<root>/Passengerfile.json`` (keys that are not ours are Passenger's; ignored)."""
+    path = os.path.join(root, "Passengerfile.json")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PASSENGERFILE_CAP + 1)
+    except FileNotFoundError:
+        return Layer({}, cli_label)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    if len(data) > PASSENGERFILE_CAP:
+        raise ConfigError(f"{path}: larger than {PASSENGERFILE_CAP // 1024} KiB")
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    values = {}
+    for key, value in document.items():
+        setting = BY_KEY.get(key)
+        if setting is not None and setting.scope == "app" and setting.key not in ("root", "name"):
+            values[setting.key] = value
+    return Layer(values, _file_label(path))
+
+
+def _resolve(settings: tuple[Setting, ...], layers: list[Layer]) -> dict[str, Any]:
+    """Each setting's value from the highest layer that has it (envvars merge, name by name)."""
+    values: dict[str, Any] = {}
+    for setting in settings:
+        value = setting.default
+        for layer in layers:
+            if setting.key in layer.values:
+                converted = setting.convert(layer.label(setting), layer.values[setting.key])
+                value = {**value, **converted} if setting.key == "envvars" else converted
+        values[setting.key] = value
+    return values
+
+
+def build_app(cli: Layer, file_layers: list[Layer], missing_root: str) -> AppConfig:
+    """One app from the command line and its file tables (lowest layer first); ``missing_root`` if none gives one."""
+    root_layers = [layer for layer in [*file_layers, cli] if "root" in layer.values]
+    root_setting = BY_KEY["root"]
+    if root_layers:
+        layer = root_layers[-1]
+        root = root_setting.convert(layer.label(root_setting), layer.values["root"])
+    else:
+        root = root_setting.convert(cli.label(root_setting), missing_root)
+    layers = [read_passengerfile(root), *file_layers, cli]
+    values = _resolve(APP_SETTINGS, layers)
+    values["root"] = root
+    label = _labeller([*layers])
+    if values["start_command"] is None:
+        raise ConfigError(f"{label('start_command')} is required: the command that starts the app, e.g. 'node server.js'")
+    values["name"] = values["name"] or os.path.basename(root) or "app"
+    fields = {BY_KEY[key].attribute: value for key, value in values.items()}
+    app = AppConfig(**fields)
+    if app.max_instances and app.min_instances > app.max_instances:
+        raise ConfigError(f"{label('min_instances')} {app.min_instances} is greater than "
+                          f"{label('max_instances')} {app.max_instances}")
+    return app
+
+
+def _labeller(layers: list[Layer]) -> Callable[[str], str]:
+    """How to name a setting in an error: after the highest layer that set it (the command line if none did)."""
+
+    def label(key: str) -> str:
+        setting = BY_KEY[key]
+        for layer in reversed(layers):
+            if key in layer.values:
+                return layer.label(setting)
+        return layers[-1].label(setting)
+
+    return label
+
+
+def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) -> ServerConfig:
+    """The whole server config from the command line (raw values by setting key) and an optional file."""
+    cli = Layer({key: value for key, value in cli_values.items() if value is not None}, cli_label)
+    app_cli = Layer({k: v for k, v in cli.values.items() if BY_KEY[k].scope == "app"}, cli_label)
+    server_cli = Layer({k: v for k, v in cli.values.items() if BY_KEY[k].scope == "server"}, cli_label)
+    if config_path is None:
+        top: dict[str, Any] = {}
+        apps = [build_app(app_cli, [], os.getcwd())]
+        top_layer = Layer(top, cli_label)
+    else:
+        top, tables = read_config_file(config_path)
+        top_layer = Layer({k: v for k, v in top.items() if BY_KEY[k].scope == "app"}, _file_label(config_path))
+        one_app_options = [BY_KEY[k].option for k in ONE_APP_KEYS if k in app_cli.values]
+        if one_app_options and len(tables) > 1:
+            raise ConfigError(f"{', '.join(sorted(one_app_options))} names one app, but {config_path} "
+                              f"declares {len(tables)}; set it in the file instead")
+        apps = []
+        for table in tables:
+            name = table.get("name")
+            where = f"app {name!r}: " if isinstance(name, str) else f"app #{len(apps) + 1}: "
+            app_layer = Layer(table, _file_label(config_path, where))
+            if "root" not in table and "root" not in app_cli.values:
+                raise ConfigError(f"{config_path}: {where}root is required (the directory of the app)")
+            apps.append(build_app(app_cli, [top_layer, app_layer], os.getcwd()))
+    server_layers = [Layer({k: v for k, v in top.items() if BY_KEY[k].scope == "server"},
+                           _file_label(config_path or "")), server_cli]
+    if {"address", "port"} & server_cli.values.keys() and "listen" not in server_cli.values:
+        server_layers[0] = Layer({k: v for k, v in server_layers[0].values.items() if k != "listen"},
+                                 server_layers[0].label)
+    server = _resolve(SERVER_SETTINGS, server_layers)
+    label = _labeller(server_layers)
+    listen = server["listen"] or (_default_listen(server["address"], server["port"]),)
+    config = ServerConfig(apps=tuple(apps), listen=listen, max_pool_size=server["max_pool_size"],
+                          drain_timeout=server["drain_timeout"])
+    check_apps_together(config, label, _labeller([top_layer, app_cli]), config_path)
+    return config
+
+
+def _default_listen(address: str, port: int) -> str:
+    return f"tcp:{port}:interface={address.replace(':', chr(92) + ':')}"
+
+
+def check_apps_together(config: ServerConfig, server_label: Callable[[str], str],
+                        app_label: Callable[[str], str], path: str | None) -> None:
+    """What no single app can get wrong: unique names, room for every min_instances, unambiguous routes."""
+    where = f"{path}: " if path else ""
+    names: set[str] = set()
+    routes: dict[tuple[str, str], str] = {}
+    for app in config.apps:
+        if app.name in names:
+            raise ConfigError(f"{where}two apps are named {app.name!r}; give each a unique name")
+        names.add(app.name)
+        for host in app.server_names or ("*",):
+            other = routes.setdefault((host, app.base_uri), app.name)
+            if other != app.name:
+                raise ConfigError(f"{where}apps {other!r} and {app.name!r} both answer {host}{app.base_uri}; "
+                                  "give them different server_names or base_uri")
+    total = sum(app.min_instances for app in config.apps)
+    if total > config.max_pool_size:
+        if len(config.apps) == 1:
+            raise ConfigError(f"{app_label('min_instances')} {total} is greater than "
+                              f"{server_label('max_pool_size')} {config.max_pool_size}")
+        raise ConfigError(f"{where}the apps' min_instances add up to {total}, more than "
+                          f"{server_label('max_pool_size')} {config.max_pool_size}")

@@ -1,0 +1,346 @@
+"""Every setting, once: its key, its scope, how its value is checked, its help.
+
+The command line, the TOML config file (``--config``) and an app's
+``Passengerfile.json`` are three sources of the same settings.  Each value,
+whatever its source, goes through its setting's converter, and an error names
+where the value came from (``--min-instances`` or ``passenger.toml: app 'api':
+min_instances``), so every mistake is one line the user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from passenger.config import ConfigError
+
+Converter = Callable[[str, object], Any]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: RFC 6265 cookie-name: an HTTP token.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: A host name as in server_names: labels, optionally a leading "*." or a lone "*".
+_SERVER_NAME = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*)"
+                          r"(:[0-9]{1,5})?$")
+
+
+def _shown(raw: object) -> str:
+    return repr(raw) if isinstance(raw, str) else str(raw).lower() if isinstance(raw, bool) else str(raw)
+
+
+def _number(label: str, raw: object, integer: bool, what: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ConfigError(f"{label} {_shown(raw)}: expected {what}")
+    if isinstance(raw, str):
+        try:
+            value = int(raw.strip()) if integer else float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{label} {raw!r}: expected {what}") from None
+    elif integer and isinstance(raw, float):
+        if not raw.is_integer():
+            raise ConfigError(f"{label} {raw}: expected {what}")
+        value = int(raw)
+    else:
+        value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{label} {raw}: expected {what}")
+    return value
+
+
+def whole(minimum: int = 0) -> Converter:
+    """A whole number, at least ``minimum``."""
+
+    def convert(label: str, raw: object) -> int:
+        value = int(_number(label, raw, True, "a whole number"))
+        if value < minimum:
+            raise ConfigError(f"{label} {value}: must not be negative" if minimum == 0
+                              else f"{label} {value}: must be at least {minimum}")
+        return value
+
+    return convert
+
+
+def seconds(zero_means: str | None = None) -> Converter:
+    """A number of seconds, positive (or 0 when ``zero_means`` says what 0 does)."""
+
+    def convert(label: str, raw: object) -> float:
+        value = float(_number(label, raw, False, "a number of seconds"))
+        if value < 0 or (value == 0 and zero_means is None):
+            rule = "0 or more (0 " + zero_means + ")" if zero_means else "a positive number of seconds"
+            raise ConfigError(f"{label} {_shown(raw)}: must be {rule}")
+        return value
+
+    return convert
+
+
+def status(label: str, raw: object) -> int:
+    value = int(_number(label, raw, True, "an HTTP status"))
+    if not 100 <= value <= 599:
+        raise ConfigError(f"{label} {value}: not an HTTP status (100-599)")
+    return value
+
+
+def port(label: str, raw: object) -> int:
+    value = int(_number(label, raw, True, "a port number"))
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{label} {value}: must be a port number (0-65535)")
+    return value
+
+
+def flag(label: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return raw.strip().lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{label} {_shown(raw)}: expected true or false")
+
+
+def text(label: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{label} {_shown(raw)}: expected a non-empty string")
+    return raw
+
+
+def command(label: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{label} is empty: give the command that starts the app, e.g. 'node server.js'")
+    return raw
+
+
+def directory(label: str, raw: object) -> str:
+    path = text(label, raw)
+    if not os.path.isdir(path):
+        raise ConfigError(f"{label} {path!r}: no such directory")
+    return os.path.abspath(path)
+
+
+def writable_directory(label: str, raw: object) -> str:
+    path = text(label, raw)
+    if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        raise ConfigError(f"{label} {path!r}: not a directory the server can write to")
+    return path
+
+
+def page_file(label: str, raw: object) -> bytes:
+    """An HTML file, read now (at most 1 MiB): a page that cannot be read is a config error, not a 500 later."""
+    path = text(label, raw)
+    try:
+        with open(path, "rb") as f:
+            return f.read(1024 * 1024)
+    except OSError as e:
+        raise ConfigError(f"{label} {path!r}: {e.strerror}") from None
+
+
+def concurrency(label: str, raw: object) -> int | None:
+    """N, 0 for unlimited, or unknown (None; also -1 as in Passenger)."""
+    if isinstance(raw, str) and raw.strip().lower() in ("", "unknown", "-1"):
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw == -1:
+        return None
+    value = int(_number(label, raw, True, "a whole number, 0 (unlimited) or unknown"))
+    if value < 0:
+        raise ConfigError(f"{label} {value}: must be a whole number, 0 (unlimited) or unknown")
+    return value
+
+
+def health_path(label: str, raw: object) -> str:
+    path = text(label, raw)
+    if not path.startswith("/") or any(c in path for c in " \r\n\t"):
+        raise ConfigError(f"{label} {path!r}: must start with / and contain no spaces")
+    return path
+
+
+def base_uri(label: str, raw: object) -> str:
+    """A path prefix such as ``/blog``: starts with /, no trailing slash (except ``/`` itself)."""
+    path = text(label, raw)
+    if not path.startswith("/") or any(c in path for c in " \r\n\t?#"):
+        raise ConfigError(f"{label} {path!r}: must be a path starting with / (no spaces, ? or #)")
+    return path.rstrip("/") or "/"
+
+
+def cookie_name(label: str, raw: object) -> str:
+    name = text(label, raw)
+    if not _TOKEN.match(name):
+        raise ConfigError(f"{label} {name!r}: not a valid cookie name")
+    return name
+
+
+def header_value(label: str, raw: object) -> str:
+    value = raw if isinstance(raw, str) else None
+    if value is None or any(c in value for c in "\r\n\0"):
+        raise ConfigError(f"{label} {_shown(raw)}: expected a string without line breaks")
+    return value
+
+
+def _strings(label: str, raw: object) -> list[str]:
+    if isinstance(raw, str):
+        return [part for part in re.split(r"[\s,]+", raw) if part]
+    if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+        return list(raw)
+    raise ConfigError(f"{label} {_shown(raw)}: expected a list of strings")
+
+
+def server_names(label: str, raw: object) -> tuple[str, ...]:
+    names = []
+    for name in _strings(label, raw):
+        if not _SERVER_NAME.match(name):
+            raise ConfigError(f"{label} {name!r}: not a host name (a name, '*.example.com' or '*')")
+        names.append(name.lower())
+    return tuple(names)
+
+
+def listen_list(label: str, raw: object) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    descriptions = _strings(label, raw) if not isinstance(raw, str) else [raw]
+    if not descriptions:
+        raise ConfigError(f"{label}: give at least one endpoint, e.g. 'tcp:3000'")
+    return tuple(descriptions)
+
+
+def parse_envvar(label: str, assignment: str) -> tuple[str, str]:
+    """Split ``NAME=VALUE`` as given to ``--envvar``."""
+    name, sep, value = assignment.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise ConfigError(f"{label} {assignment!r}: expected NAME=VALUE with NAME a valid variable name")
+    return name, value
+
+
+def envvars(label: str, raw: object) -> dict[str, str]:
+    """A table of NAME = "value" (file), or NAME=VALUE strings (command line)."""
+    if isinstance(raw, (list, tuple)):
+        return dict(parse_envvar(label, str(item)) for item in raw)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{label} {_shown(raw)}: expected a table of NAME = \"value\"")
+    result = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(f"{label}: {name!r} is not a valid variable name")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{label}.{name}: expected a string")
+        result[name] = str(value)
+    return result
+
+
+@attrs.frozen
+class Setting:
+    """One setting; ``key`` is its name in files and its field in AppConfig/ServerConfig."""
+
+    key: str
+    convert: Converter
+    default: Any
+    help: str
+    scope: str = "app"
+    #: The command-line option, if it is not ``--`` + key with dashes ("" for none).
+    cli: str | None = None
+    #: Also accepted in files under these names (Passenger's spellings).
+    aliases: tuple[str, ...] = ()
+    #: The field of AppConfig/ServerConfig, if it is not the key.
+    field: str | None = None
+    #: On the command line this is a flag (no value).
+    is_flag: bool = False
+    #: Repeatable on the command line; the values are collected in a list.
+    repeatable: bool = False
+
+    @property
+    def option(self) -> str:
+        return "--" + (self.cli if self.cli is not None else self.key.replace("_", "-"))
+
+    @property
+    def attribute(self) -> str:
+        return self.field or self.key
+
+
+_APP = "app"
+_SERVER = "server"
+
+SETTINGS: tuple[Setting, ...] = (
+    # Which app, where it is, how it starts.
+    Setting("name", text, None, "Name of the app in logs, status and errors. [default: the app root's directory name]",
+            cli="app-name"),
+    Setting("root", directory, None, "Directory of the app; the command runs there. [default: current directory]",
+            cli="app-root", aliases=("app_root",)),
+    Setting("start_command", command, None, "Command that starts one app process listening on 127.0.0.1:$PORT.",
+            cli="app-start-command", aliases=("app_start_command",)),
+    Setting("environment", text, "production", "Sets PASSENGER_APP_ENV, RAILS_ENV, RACK_ENV, WSGI_ENV and NODE_ENV."),
+    Setting("envvars", envvars, {}, "NAME=VALUE to set in the app's environment (repeatable).", cli="envvar",
+            repeatable=True),
+    Setting("app_supports_kuria_protocol", flag, False,
+            "The app speaks SpawningKit's Kuria protocol: no $PORT; it writes response/finish and properties.json.",
+            field="kuria", is_flag=True),
+    Setting("load_shell_envvars", flag, False,
+            "Start the command through the user's login shell (bash -lc ...), so its profile sets the environment.",
+            is_flag=True),
+    Setting("user", text, None,
+            "When run as root: the account app processes run as. [default: the app root's owner; never root: nobody then]"),
+    Setting("group", text, None, "When run as root: the group app processes run as. [default: the user's group]"),
+    # Which requests go to it.
+    Setting("server_names", server_names, (), "Host names this app answers (repeatable; '*.example.com' and '*' "
+            "allowed). [default: every host]", cli="server-name", repeatable=True),
+    Setting("base_uri", base_uri, "/", "Path prefix the app is mounted at (it gets PASSENGER_BASE_URI)."),
+    # How many processes.
+    Setting("min_instances", whole(), 1, "Processes of the app to keep running at all times."),
+    Setting("max_instances", whole(), 0, "Most processes of the app (0: only --max-pool-size limits it)."),
+    Setting("concurrency", concurrency, None,
+            "Requests one process can take at once: N, 0 for unlimited, or unknown. [default: unknown]",
+            aliases=("force_max_concurrent_requests_per_process",)),
+    Setting("max_spawns_in_parallel", whole(1), 1, "Processes of the app that may be starting at the same time."),
+    # Queueing.
+    Setting("max_request_queue_size", whole(), 100, "Requests that may wait for a process; beyond that 503. 0 = unbounded."),
+    Setting("max_request_queue_time", seconds("= no limit"), 0.0,
+            "Seconds a request may wait for a process; beyond that 504. 0 = no limit."),
+    Setting("request_queue_overflow_status_code", status, 503, "HTTP status of the answer when the queue is full.",
+            cli="request-queue-overflow-status"),
+    # Recycling.
+    Setting("pool_idle_time", seconds("= never"), 300.0,
+            "Seconds an idle process is kept before it is stopped (never below --min-instances). 0 = forever."),
+    Setting("max_requests", whole(), 0, "Replace a process after it has served this many requests. 0 = never."),
+    Setting("memory_limit", whole(), 0, "Replace a process whose memory (RSS) is above this many MB. 0 = no limit."),
+    Setting("max_request_time", seconds("= no limit"), 0.0,
+            "Seconds a request may run; beyond that 504 and its process is replaced. 0 = no limit."),
+    # Sticky sessions.
+    Setting("sticky_sessions", flag, False, "Send a client back to the process that served it before (a cookie).",
+            is_flag=True),
+    Setting("sticky_sessions_cookie_name", cookie_name, "_passenger_route", "Name of the sticky-session cookie."),
+    Setting("sticky_sessions_cookie_attributes", header_value, "SameSite=Lax; Secure;",
+            "Attributes added to the sticky-session cookie."),
+    # Starting and stopping processes.
+    Setting("start_timeout", seconds(), 90.0, "Seconds a process may take to start listening before it is killed."),
+    Setting("shutdown_timeout", seconds(), 30.0, "Seconds between TERM and KILL when an app process is stopped."),
+    Setting("spawn_dir", writable_directory, None, "Where spawn work directories are made. [default: $TMPDIR or /tmp]"),
+    Setting("debug_spawn_dir", flag, False, "Keep every spawn's work directory (for debugging the handshake).",
+            is_flag=True),
+    # Spawn errors.
+    Setting("spawn_error_status", status, 500, "HTTP status of the answer when the app cannot be started."),
+    Setting("friendly_error_pages", flag, None,
+            "Show the detailed spawn error page (default: only with --environment development).", is_flag=True),
+    Setting("custom_error_page", page_file, None,
+            "HTML file served instead of the error page when the app cannot be started."),
+    # Health.
+    Setting("health_check_path", health_path, None, "GET this path: a process is ready only when it answers 2xx/3xx, "
+            "and is replaced when it fails it --health-check-failures times in a row."),
+    Setting("health_check_interval", seconds(), 10.0, "Seconds between health checks of a running process."),
+    Setting("health_check_timeout", seconds(), 5.0, "Seconds a health check may take."),
+    Setting("health_check_failures", whole(1), 3, "Failed health checks in a row after which a process is replaced."),
+    # The server.
+    Setting("listen", listen_list, (), "Endpoint to serve HTTP on (repeatable; replaces --address/--port): tcp:PORT, "
+            "unix:PATH, ssl:PORT:privateKey=KEY:certKey=CERT, systemd:domain=INET:index=0.", scope=_SERVER,
+            repeatable=True),
+    Setting("address", text, "0.0.0.0", "Address to listen on for HTTP.", scope=_SERVER),
+    Setting("port", port, 3000, "Port to listen on for HTTP.", scope=_SERVER),
+    Setting("max_pool_size", whole(1), 6, "Most processes to run, all apps together.", scope=_SERVER),
+    Setting("drain_timeout", seconds(), 30.0, "Seconds in-flight requests get to finish when the server stops.",
+            scope=_SERVER),
+)
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+for _setting in SETTINGS:
+    for _alias in _setting.aliases:
+        BY_KEY[_alias] = _setting
+APP_SETTINGS = tuple(s for s in SETTINGS if s.scope == _APP)
+SERVER_SETTINGS = tuple(s for s in SETTINGS if s.scope == _SERVER)
