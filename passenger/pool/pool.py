@@ -77,13 +77,21 @@ class Pool:
 
     # What groups ask.
     def may_spawn(self, group: Group, evict: bool) -> bool:
-        """Is there room for one more process of ``group``?  If not, it waits for room.
+        """Is there room for one more process of ``group``?
 
         With ``evict`` (the group has requests waiting) the oldest idle process of
-        another app is stopped to make room.
+        another app is stopped to make room.  A group that needs a process (requests
+        waiting, or below min_instances) and gets no room waits for the next one;
+        a group that only wants to grow (all its processes busy) asks again later.
         """
         if self.size < self.max_pool_size:
-            return True
+            if not self.waiting or self.waiting[0] is group:
+                if self.waiting:
+                    self.waiting.popleft()
+                return True
+            self.rebalance()  # apps that asked first get the room first
+            if self.size < self.max_pool_size:
+                return True
         if evict:
             victim = self._oldest_idle(besides=group)
             if victim is not None:
@@ -92,8 +100,8 @@ class Pool:
                 if owner.wants_process() and owner not in self.waiting:
                     self.waiting.append(owner)
                 return True
-        if group not in self.waiting:
-            self.waiting.append(group)
+        if (evict or len(group.processes) < group.app.min_instances) and group not in self.waiting:
+            self.waiting.append(group)  # it needs a process, not just wants one: it gets the next room
         return False
 
     def needs_room(self, group: Group) -> bool:

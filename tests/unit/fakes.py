@@ -290,3 +290,15 @@ class RecordingWaiter:
 
     def __repr__(self) -> str:
         return f"<Waiter {self.name}>"
+
+
+class FakeMemory:
+    """MemoryReader stand-in: the RSS of each pid is whatever the test sets (None: unreadable, gone)."""
+
+    def __init__(self) -> None:
+        self.rss_by_pid: dict[int, int] = {}
+        self.reads: list[int] = []
+
+    def rss(self, pid: int) -> int | None:
+        self.reads.append(pid)
+        return self.rss_by_pid.get(pid)
