@@ -10,18 +10,39 @@
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /exit             the process exits without answering
 Anything else: "Hello from <pid>".
+
+Mounted at a base URI (PASSENGER_BASE_URI, from the server's base_uri), it
+serves the same routes under it (/api/echo), as apps mounted at a sub-path do;
+/echo still reports the path as received.  Every answer of _send carries
+X-In-Flight: the requests this process was handling when it took this one
+(itself included), so 1 means it never overlapped another.
 """
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+BASE_URI = os.environ.get("PASSENGER_BASE_URI", "").rstrip("/")
+_in_flight = 0
+_in_flight_lock = threading.Lock()
+
+
+def _route_path(path: str) -> str:
+    """The path without the base URI the app is mounted at, if it has one."""
+    if BASE_URI and (path == BASE_URI or path.startswith(BASE_URI + "/")):
+        return path[len(BASE_URI):] or "/"
+    return path
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    #: Requests in flight in this process when this one arrived (itself included).
+    in_flight = 0
 
     def log_message(self, fmt: str, *args: object) -> None:
         pass
@@ -45,17 +66,30 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Pid", str(os.getpid()))
+        self.send_header("X-In-Flight", str(self.in_flight))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def handle_any(self) -> None:
+        global _in_flight
+        with _in_flight_lock:
+            _in_flight += 1
+            self.in_flight = _in_flight
+        try:
+            self._handle()
+        finally:
+            with _in_flight_lock:
+                _in_flight -= 1
+
+    def _handle(self) -> None:
         url = urlsplit(self.path)
+        path = _route_path(url.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         body = self._body()
-        if url.path == "/pid":
+        if path == "/pid":
             return self._send(200, str(os.getpid()).encode())
-        if url.path == "/echo":
+        if path == "/echo":
             info = {
                 "method": self.command,
                 "path": self.path,
@@ -66,24 +100,24 @@ class Handler(BaseHTTPRequestHandler):
                 "env": {k: v for k, v in os.environ.items() if k in (
                     "PORT", "PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "NODE_ENV", "WSGI_ENV",
                     "IN_PASSENGER", "PYTHONUNBUFFERED", "PWD", "GREETING", "USER", "LOGNAME", "HOME", "SHELL",
-                    "PASSENGER_FROM_PROFILE")},
+                    "PASSENGER_FROM_PROFILE", "PASSENGER_BASE_URI")},
                 "uid": os.getuid(),
                 "gid": os.getgid(),
                 "groups": sorted(os.getgroups()),
                 "cwd": os.getcwd(),
             }
             return self._send(200, json.dumps(info).encode(), "application/json")
-        if url.path == "/sleep":
+        if path == "/sleep":
             time.sleep(float(query.get("ms", "0")) / 1000)
             return self._send(200, b"slept")
-        if url.path == "/status":
+        if path == "/status":
             code = int(query.get("code", "200"))
             self.send_response(code)
             if code not in (204, 304):
                 self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if url.path == "/chunked":
+        if path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -92,14 +126,14 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
-        if url.path == "/close":
+        if path == "/close":
             self.send_response(200)
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(b"until the end")
             self.close_connection = True
             return
-        if url.path == "/bytes":
+        if path == "/bytes":
             n = int(query.get("n", "0"))
             self.send_response(200)
             self.send_header("Content-Length", str(n))
@@ -109,7 +143,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(piece[: min(n, len(piece))])
                 n -= len(piece)
             return
-        if url.path == "/exit":
+        if path == "/exit":
             sys.stderr.write("exiting on request\n")
             sys.stderr.flush()
             os._exit(3)

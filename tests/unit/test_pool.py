@@ -82,7 +82,7 @@ def test_a_busy_app_cannot_grow_past_the_pool_and_waits_for_room() -> None:
     world.start()
     _, pb = request(b)  # b's only process is busy: nothing of b is idle
     assert pb is not None
-    _, pa = request(a)
+    request(a)
     queued, none = request(a, name="queued")
     assert none is None and queued.waiting
     assert world.pool.size == 2 and len(world.spawner.spawned) == 2, "nothing spawned past max_pool_size"
@@ -355,7 +355,7 @@ def test_sticky_sessions_route_back_and_wait_for_a_busy_process() -> None:
     waiter, none = request(a, p2.sticky_id)
     assert none is None and waiter.waiting, "it waits for p2 while p1 is free"
     assert p1.sessions == 0
-    other, free = request(a)
+    _, free = request(a)
     assert free is p1
     a.release(p2)
     assert waiter.delivered == [p2]
@@ -402,7 +402,7 @@ def test_crash_of_a_busy_process_with_queued_requests() -> None:
     world = World(max_pool_size=2)
     a = world.app("a", min_instances=2, concurrency=1)
     world.start()
-    p1, p2 = a.ready
+    p1, _ = a.ready
     request(a)
     request(a)
     queued, _ = request(a)
