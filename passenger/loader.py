@@ -75,13 +75,26 @@ def read_config_file(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise ConfigError(f"{path}: 'app' must be a list of [[app]] tables")
     if not tables:
         raise ConfigError(f"{path}: declares no app; add an [[app]] table with name, root and start_command")
-    top = _canonical(path, "", document, "top")
+    top = _relative_to(path, _canonical(path, "", document, "top"))
     apps = []
     for number, table in enumerate(tables, 1):
         name = table.get("name")
         where = f"app {name!r}: " if isinstance(name, str) else f"app #{number}: "
-        apps.append(_canonical(path, where, table, "app"))
+        apps.append(_relative_to(path, _canonical(path, where, table, "app")))
     return top, apps
+
+
+#: Settings that are paths; in a config file they are relative to the file.
+PATH_KEYS = ("root", "spawn_dir", "custom_error_page")
+
+
+def _relative_to(path: str, table: dict[str, Any]) -> dict[str, Any]:
+    base = os.path.dirname(os.path.abspath(path))
+    for key in PATH_KEYS:
+        value = table.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            table[key] = os.path.normpath(os.path.join(base, value))
+    return table
 
 
 def read_passengerfile(root: str) -> Layer:
