@@ -28,23 +28,29 @@ ONE_APP_KEYS = frozenset({"name", "root", "start_command"})
 
 @attrs.frozen
 class Layer:
-    """Raw values from one source, and how that source names a setting in errors."""
+    """Raw values from one source, by setting key, and how that source names a setting in errors."""
 
     values: Mapping[str, Any]
     label: Callable[[Setting], str]
+
+    def only(self, scope: str) -> Layer:
+        return Layer({k: v for k, v in self.values.items() if BY_KEY[k].scope == scope}, self.label)
 
 
 def cli_label(setting: Setting) -> str:
     return setting.option
 
 
-def _file_label(path: str, prefix: str = "") -> Callable[[Setting], str]:
-    return lambda setting: f"{path}: {prefix}{setting.key}"
+def _file_label(path: str, prefix: str = "", written: Mapping[str, str] | None = None) -> Callable[[Setting], str]:
+    """``path: prefix key``, with the key as the file spelled it (an alias, maybe)."""
+    names = written or {}
+    return lambda setting: f"{path}: {prefix}{names.get(setting.key, setting.key)}"
 
 
-def _canonical(path: str, where: str, table: Mapping[str, Any], scope: str | None) -> dict[str, Any]:
-    """The table's keys as setting keys (aliases resolved); unknown or misplaced keys are errors."""
+def _table_layer(path: str, where: str, table: Mapping[str, Any], scope: str) -> Layer:
+    """A file table as a Layer: keys resolved to settings (aliases too); unknown or misplaced keys are errors."""
     found: dict[str, Any] = {}
+    written: dict[str, str] = {}
     for key, value in table.items():
         setting = BY_KEY.get(key)
         if setting is None:
@@ -53,34 +59,35 @@ def _canonical(path: str, where: str, table: Mapping[str, Any], scope: str | Non
             raise ConfigError(f"{path}: {where}unknown setting {key!r}{hint}")
         if scope == "app" and setting.scope == "server":
             raise ConfigError(f"{path}: {where}{key!r} is a server setting; put it at the top of the file")
-        if scope == "top" and key in ONE_APP_KEYS:
+        if scope == "top" and setting.key in ONE_APP_KEYS:
             raise ConfigError(f"{path}: {key!r} belongs in an [[app]] table")
         if setting.key in found:
-            raise ConfigError(f"{path}: {where}{key!r} is given twice (as {setting.key!r} and an alias)")
+            raise ConfigError(f"{path}: {where}{key!r} is given twice (as {written[setting.key]!r} and {key!r})")
         found[setting.key] = value
-    return found
+        written[setting.key] = key
+    return Layer(_relative_to(path, found), _file_label(path, where, written))
 
 
-def read_config_file(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The top-level settings and the [[app]] tables of a TOML config file."""
+def read_config_file(path: str) -> tuple[Layer, list[Layer]]:
+    """The top of a TOML config file and each of its [[app]] tables, as layers."""
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"--config {path!r}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     tables = document.pop("app", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{path}: 'app' must be a list of [[app]] tables")
     if not tables:
         raise ConfigError(f"{path}: declares no app; add an [[app]] table with name, root and start_command")
-    top = _relative_to(path, _canonical(path, "", document, "top"))
+    top = _table_layer(path, "", document, "top")
     apps = []
     for number, table in enumerate(tables, 1):
         name = table.get("name")
         where = f"app {name!r}: " if isinstance(name, str) else f"app #{number}: "
-        apps.append(_relative_to(path, _canonical(path, where, table, "app")))
+        apps.append(_table_layer(path, where, table, "app"))
     return top, apps
 
 
@@ -136,78 +143,74 @@ def _resolve(settings: tuple[Setting, ...], layers: list[Layer]) -> dict[str, An
     return values
 
 
-def build_app(cli: Layer, file_layers: list[Layer], missing_root: str) -> AppConfig:
-    """One app from the command line and its file tables (lowest layer first); ``missing_root`` if none gives one."""
-    root_layers = [layer for layer in [*file_layers, cli] if "root" in layer.values]
-    root_setting = BY_KEY["root"]
-    if root_layers:
-        layer = root_layers[-1]
-        root = root_setting.convert(layer.label(root_setting), layer.values["root"])
-    else:
-        root = root_setting.convert(cli.label(root_setting), missing_root)
-    layers = [read_passengerfile(root), *file_layers, cli]
-    values = _resolve(APP_SETTINGS, layers)
-    values["root"] = root
-    label = _labeller([*layers])
-    if values["start_command"] is None:
-        raise ConfigError(f"{label('start_command')} is required: the command that starts the app, e.g. 'node server.js'")
-    values["name"] = values["name"] or os.path.basename(root) or "app"
-    fields = {BY_KEY[key].attribute: value for key, value in values.items()}
-    app = AppConfig(**fields)
-    if app.max_instances and app.min_instances > app.max_instances:
-        raise ConfigError(f"{label('min_instances')} {app.min_instances} is greater than "
-                          f"{label('max_instances')} {app.max_instances}")
-    return app
+#: How to name a setting (by key) in an error.
+Labeller = Callable[[str], str]
 
 
-def _labeller(layers: list[Layer]) -> Callable[[str], str]:
-    """How to name a setting in an error: after the highest layer that set it (the command line if none did)."""
+def _labeller(layers: list[Layer], fallback: Layer) -> Labeller:
+    """Name a setting after the highest layer that set it (``fallback``, if none did)."""
 
     def label(key: str) -> str:
         setting = BY_KEY[key]
         for layer in reversed(layers):
             if key in layer.values:
                 return layer.label(setting)
-        return layers[-1].label(setting)
+        return fallback.label(setting)
 
     return label
+
+
+def build_app(cli: Layer, file_layers: list[Layer], missing_root: str) -> tuple[AppConfig, Labeller]:
+    """One app from the command line and its file tables (lowest first); ``missing_root`` if none gives one."""
+    root_setting = BY_KEY["root"]
+    with_root = [layer for layer in [*file_layers, cli] if "root" in layer.values]
+    source = with_root[-1] if with_root else cli
+    root = root_setting.convert(source.label(root_setting), source.values.get("root", missing_root))
+    layers = [read_passengerfile(root), *file_layers, cli]
+    label = _labeller(layers, file_layers[-1] if file_layers else cli)
+    values = _resolve(APP_SETTINGS, layers)
+    values["root"] = root
+    if values["start_command"] is None:
+        raise ConfigError(f"{label('start_command')} is required: the command that starts the app, e.g. 'node server.js'")
+    values["name"] = values["name"] or os.path.basename(root) or "app"
+    app = AppConfig(**{BY_KEY[key].attribute: value for key, value in values.items()})
+    if app.max_instances and app.min_instances > app.max_instances:
+        raise ConfigError(f"{label('min_instances')} {app.min_instances} is greater than "
+                          f"{label('max_instances')} {app.max_instances}")
+    from passenger.spawn.users import resolve_app_user
+
+    resolve_app_user(app, label=label)  # an unknown user or group, or root, is a config error now, not at a spawn
+    return app, label
 
 
 def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) -> ServerConfig:
     """The whole server config from the command line (raw values by setting key) and an optional file."""
     cli = Layer({key: value for key, value in cli_values.items() if value is not None}, cli_label)
-    app_cli = Layer({k: v for k, v in cli.values.items() if BY_KEY[k].scope == "app"}, cli_label)
-    server_cli = Layer({k: v for k, v in cli.values.items() if BY_KEY[k].scope == "server"}, cli_label)
+    app_cli, server_cli = cli.only("app"), cli.only("server")
+    built: list[tuple[AppConfig, Labeller]] = []
     if config_path is None:
-        top: dict[str, Any] = {}
-        apps = [build_app(app_cli, [], os.getcwd())]
-        top_layer = Layer(top, cli_label)
+        server_file = Layer({}, cli_label)
+        built.append(build_app(app_cli, [], os.getcwd()))
     else:
         top, tables = read_config_file(config_path)
-        top_layer = Layer({k: v for k, v in top.items() if BY_KEY[k].scope == "app"}, _file_label(config_path))
+        server_file = top.only("server")
         one_app_options = [BY_KEY[k].option for k in ONE_APP_KEYS if k in app_cli.values]
         if one_app_options and len(tables) > 1:
             raise ConfigError(f"{', '.join(sorted(one_app_options))} names one app, but {config_path} "
                               f"declares {len(tables)}; set it in the file instead")
-        apps = []
         for table in tables:
-            name = table.get("name")
-            where = f"app {name!r}: " if isinstance(name, str) else f"app #{len(apps) + 1}: "
-            app_layer = Layer(table, _file_label(config_path, where))
-            if "root" not in table and "root" not in app_cli.values:
-                raise ConfigError(f"{config_path}: {where}root is required (the directory of the app)")
-            apps.append(build_app(app_cli, [top_layer, app_layer], os.getcwd()))
-    server_layers = [Layer({k: v for k, v in top.items() if BY_KEY[k].scope == "server"},
-                           _file_label(config_path or "")), server_cli]
+            if "root" not in table.values and "root" not in app_cli.values:
+                raise ConfigError(table.label(BY_KEY["root"]) + " is required (the directory of the app)")
+            built.append(build_app(app_cli, [top.only("app"), table], os.getcwd()))
     if {"address", "port"} & server_cli.values.keys() and "listen" not in server_cli.values:
-        server_layers[0] = Layer({k: v for k, v in server_layers[0].values.items() if k != "listen"},
-                                 server_layers[0].label)
+        # --address/--port on the command line replace the file's listen.
+        server_file = Layer({k: v for k, v in server_file.values.items() if k != "listen"}, server_file.label)
+    server_layers = [server_file, server_cli]
     server = _resolve(SERVER_SETTINGS, server_layers)
-    label = _labeller(server_layers)
     listen = server["listen"] or (_default_listen(server["address"], server["port"]),)
-    config = ServerConfig(apps=tuple(apps), listen=listen, max_pool_size=server["max_pool_size"],
+    config = ServerConfig(apps=tuple(app for app, _ in built), listen=listen, max_pool_size=server["max_pool_size"],
                           drain_timeout=server["drain_timeout"])
-    check_apps_together(config, label, _labeller([top_layer, app_cli]), config_path)
+    check_apps_together(config, _labeller(server_layers, server_cli), [label for _, label in built], config_path)
     return config
 
 
@@ -215,8 +218,8 @@ def _default_listen(address: str, port: int) -> str:
     return f"tcp:{port}:interface={address.replace(':', chr(92) + ':')}"
 
 
-def check_apps_together(config: ServerConfig, server_label: Callable[[str], str],
-                        app_label: Callable[[str], str], path: str | None) -> None:
+def check_apps_together(config: ServerConfig, server_label: Labeller, app_labels: list[Labeller],
+                        path: str | None) -> None:
     """What no single app can get wrong: unique names, room for every min_instances, unambiguous routes."""
     where = f"{path}: " if path else ""
     names: set[str] = set()
@@ -233,7 +236,7 @@ def check_apps_together(config: ServerConfig, server_label: Callable[[str], str]
     total = sum(app.min_instances for app in config.apps)
     if total > config.max_pool_size:
         if len(config.apps) == 1:
-            raise ConfigError(f"{app_label('min_instances')} {total} is greater than "
+            raise ConfigError(f"{app_labels[0]('min_instances')} {total} is greater than "
                               f"{server_label('max_pool_size')} {config.max_pool_size}")
         raise ConfigError(f"{where}the apps' min_instances add up to {total}, more than "
                           f"{server_label('max_pool_size')} {config.max_pool_size}")

@@ -24,9 +24,10 @@ Converter = Callable[[str, object], Any]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: RFC 6265 cookie-name: an HTTP token.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-#: A host name as in server_names: labels, optionally a leading "*." or a lone "*".
-_SERVER_NAME = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*)"
-                          r"(:[0-9]{1,5})?$")
+#: A host name as in server_names: labels, optionally a leading "*." or a lone "*" (no port: as nginx's
+#: server_name, a name matches the Host header whatever its port).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_SERVER_NAME = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*)$")
 
 
 def _shown(raw: object) -> str:
@@ -107,7 +108,10 @@ def text(label: str, raw: object) -> str:
 
 
 def command(label: str, raw: object) -> str:
-    if not isinstance(raw, str) or not raw.strip():
+    if not isinstance(raw, str):
+        raise ConfigError(f"{label} {_shown(raw)}: expected a string, the command that starts the app "
+                          "(run by /bin/sh, e.g. 'node server.js')")
+    if not raw.strip():
         raise ConfigError(f"{label} is empty: give the command that starts the app, e.g. 'node server.js'")
     return raw
 
@@ -189,7 +193,7 @@ def server_names(label: str, raw: object) -> tuple[str, ...]:
     names = []
     for name in _strings(label, raw):
         if not _SERVER_NAME.match(name):
-            raise ConfigError(f"{label} {name!r}: not a host name (a name, '*.example.com' or '*')")
+            raise ConfigError(f"{label} {name!r}: not a host name (a name without port, '*.example.com' or '*')")
         names.append(name.lower())
     return tuple(names)
 

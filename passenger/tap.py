@@ -110,10 +110,6 @@ class Options(usage.Options):
 
     def _build(self, path: str | None) -> ServerConfig:
         config = build_config(self.given(), path)
-        from passenger.spawn.users import resolve_app_user
-
-        for app in config.apps:
-            resolve_app_user(app)  # an unknown --user/--group, or root, is a config error now, not at the first spawn
         skip_tls_stack_unless_needed(config.listen)
         for description in config.listen:
             _check_listen(description)

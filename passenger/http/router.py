@@ -52,20 +52,24 @@ class Router(Generic[T]):
         """The app for this Host header and request target, or None (no app answers it)."""
         if self.only is not None:
             return self.only
-        path = _path_of(target)
+        if target.startswith(b"/"):
+            path = _path_of(target)
+        else:
+            # absolute-form: its own authority wins over the Host header (RFC 9112 section 3.2.2)
+            authority, path = _split_absolute(target)
+            if authority is not None:
+                host = authority
         if host:
             name = host.lower()
-            if name.endswith(b"]") or b":" not in name:
-                bare = name
-            else:
-                bare = name.rsplit(b":", 1)[0]
-            mounts = self._exact.get(name) or self._exact.get(bare)
+            if not name.endswith(b"]") and b":" in name:
+                name = name.rsplit(b":", 1)[0]  # names match whatever the port
+            mounts = self._exact.get(name)
             if mounts is not None:
                 found = _match(mounts, path)
                 if found is not None:
                     return found
             for suffix, wild in self._wildcards:
-                if bare.endswith(suffix) and len(bare) > len(suffix):
+                if name.endswith(suffix) and len(name) > len(suffix):
                     found = _match(wild, path)
                     if found is not None:
                         return found
@@ -73,19 +77,29 @@ class Router(Generic[T]):
 
 
 def _path_of(target: bytes) -> bytes:
-    if target.startswith(b"/"):
-        end = len(target)
-        for mark in (b"?", b"#"):
-            at = target.find(mark)
-            if at != -1:
-                end = min(end, at)
-        return target[:end]
-    # absolute-form (http://host/path) or authority/asterisk forms
+    """The path of an origin-form target: up to ``?`` or ``#``."""
+    end = len(target)
+    for mark in (b"?", b"#"):
+        at = target.find(mark, 0, end)
+        if at != -1:
+            end = at
+    return target[:end]
+
+
+def _split_absolute(target: bytes) -> tuple[bytes | None, bytes]:
+    """(authority, path) of ``scheme://authority/path?query``; (None, "/") for the other forms (``*``, CONNECT)."""
     scheme_end = target.find(b"://")
-    if scheme_end != -1:
-        slash = target.find(b"/", scheme_end + 3)
-        return _path_of(target[slash:]) if slash != -1 else b"/"
-    return b"/"
+    if scheme_end == -1:
+        return None, b"/"
+    start = scheme_end + 3
+    end = len(target)
+    for mark in (b"/", b"?", b"#"):
+        at = target.find(mark, start, end)
+        if at != -1:
+            end = at
+    authority = target[start:end].rsplit(b"@", 1)[-1]  # no userinfo
+    rest = target[end:]
+    return authority, _path_of(rest) if rest.startswith(b"/") else b"/"
 
 
 def _match(mounts: Mounts[T], path: bytes) -> T | None:

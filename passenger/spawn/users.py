@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from collections.abc import Callable
 
 import attrs
 
@@ -39,33 +40,42 @@ def _account(name_or_id: str) -> pwd.struct_passwd:
         raise
 
 
-def _group_id(name_or_id: str) -> int:
+def _group_id(name_or_id: str, label: str) -> int:
     try:
         return grp.getgrnam(name_or_id).gr_gid
     except KeyError:
         if name_or_id.isdigit():
             return int(name_or_id)
-        raise ConfigError(f"--group {name_or_id!r}: no such group") from None
+        raise ConfigError(f"{label} {name_or_id!r}: no such group") from None
 
 
-def resolve_app_user(app: AppConfig, euid: int | None = None) -> AppUser | None:
-    """The account to switch to, or None when the server is not root (apps run as the server's user)."""
+def _option(key: str) -> str:
+    return "--" + key
+
+
+def resolve_app_user(app: AppConfig, euid: int | None = None,
+                     label: Callable[[str], str] = _option) -> AppUser | None:
+    """The account to switch to, or None when the server is not root (apps run as the server's user).
+
+    ``label`` names the ``user`` and ``group`` settings in errors (as their source gave them).
+    """
     if (os.geteuid() if euid is None else euid) != 0:
         return None
     if app.user is not None:
         try:
             account = _account(app.user)
         except KeyError:
-            raise ConfigError(f"--user {app.user!r}: no such user") from None
+            raise ConfigError(f"{label('user')} {app.user!r}: no such user") from None
         if account.pw_uid == 0:
-            raise ConfigError("--user root: app processes never run as root; pick an unprivileged account")
+            raise ConfigError(f"{label('user')} {app.user!r}: app processes never run as root; "
+                              "pick an unprivileged account")
     else:
         owner = os.stat(app.root).st_uid
         try:
             account = pwd.getpwuid(owner) if owner != 0 else pwd.getpwnam(FALLBACK_USER)
         except KeyError:
             account = pwd.getpwnam(FALLBACK_USER)
-    gid = _group_id(app.group) if app.group is not None else account.pw_gid
+    gid = _group_id(app.group, label("group")) if app.group is not None else account.pw_gid
     return AppUser(account.pw_uid, gid, account.pw_name, account.pw_dir, account.pw_shell)
 
 
