@@ -26,7 +26,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-
 BASE_URI = os.environ.get("PASSENGER_BASE_URI", "").rstrip("/")
 _in_flight = 0
 _in_flight_lock = threading.Lock()

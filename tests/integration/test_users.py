@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, world_dir
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="user switching happens only when the server runs as root")
 
@@ -93,7 +94,13 @@ def shell_account():  # type: ignore[no-untyped-def]
         os.chown(profile, account.pw_uid, account.pw_gid)
         yield name
     finally:
-        subprocess.run(["userdel", "--remove", name], capture_output=True, check=True)
+        # The server is gone (``serve`` stops first), but its killed app processes
+        # may still be exiting; userdel refuses while the account has processes.
+        def removed() -> bool:
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            return subprocess.run(["userdel", "--remove", name], capture_output=True).returncode in (0, 6)
+
+        wait_for(removed, timeout=10, what=f"userdel {name}")
 
 
 def test_load_shell_envvars_starts_the_app_through_the_login_shell(shell_account: str, serve) -> None:
