@@ -113,6 +113,8 @@ class Group:
         self._idle_timer: IDelayedCall | None = None
         self._queue_timer: IDelayedCall | None = None
         self._sticky_ids: dict[int, AppProcess] = {}
+        #: The most processes this app can ever have (its max_instances, or the whole pool).
+        self.most_processes = min(app.max_instances or pool.max_pool_size, pool.max_pool_size)
 
     # Life of the group.
     def start(self) -> None:
@@ -155,7 +157,7 @@ class Group:
             process = route(self.ready)
             if process is not None:
                 process.sessions += 1
-                if not self.spawning:
+                if not self.spawning and len(self.processes) < self.most_processes:
                     self._maybe_spawn()  # every process busy: grow, as far as the limits allow
                 return process
         if not self.running:
@@ -217,7 +219,7 @@ class Group:
         if process.waiters or self.queue:
             self._dispatch()
         elif process.sessions == 0:
-            if self.pool.needs_room(self):
+            if self.pool.waiting and self.pool.needs_room(self):
                 self.log.info("Stopping idle process {pid} of {app} to make room for another app",
                               pid=process.pid, app=self.app.name)
                 self._retire(process)
