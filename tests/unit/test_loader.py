@@ -46,7 +46,8 @@ from passenger.options import (
     text,
     whole,
 )
-from passenger.tap import ConfigExit, Options
+from passenger.tap import Options
+from tests.unit.cli import config_error, parse
 
 # Helpers and fixtures.
 
@@ -105,10 +106,6 @@ def app_table(name: str, root: Path, *lines: str, start_command: str | None = "r
     return "\n".join([*head, *lines]) + "\n"
 
 
-def parse(*args: str) -> Options:
-    options = Options()
-    options.parseOptions(list(args))
-    return options
 
 
 def load(*args: str) -> ServerConfig:
@@ -117,16 +114,6 @@ def load(*args: str) -> ServerConfig:
     return config
 
 
-def config_error(*args: str) -> str:
-    """The one-line message of the ConfigExit these arguments cause."""
-    with pytest.raises(ConfigExit) as info:
-        parse(*args)
-    code = info.value.code
-    assert isinstance(code, str), "SystemExit with a str: Python prints it and exits 1"
-    assert code == f"passenger: {info.value.message}"
-    assert "\n" not in code and code.strip() == code, f"not one line: {code!r}"
-    assert "Traceback" not in code
-    return info.value.message
 
 
 def by_name(config: ServerConfig) -> dict[str, AppConfig]:

@@ -22,7 +22,8 @@ from twisted.python import usage
 
 from passenger import tap
 from passenger.service import PassengerService
-from passenger.tap import ConfigExit, Options
+from passenger.tap import Options
+from tests.unit.cli import config_error, parse
 
 PLUGIN = Path(__file__).resolve().parents[2] / "twisted" / "plugins" / "passenger_plugin.py"
 
@@ -42,22 +43,8 @@ def root(tmp_path: Path) -> str:
     return str(app)
 
 
-def parse(*args: str) -> Options:
-    options = Options()
-    options.parseOptions(list(args))
-    return options
 
 
-def config_error(*args: str) -> str:
-    """The one-line message of the ConfigExit these arguments cause."""
-    with pytest.raises(ConfigExit) as info:
-        parse(*args)
-    code = info.value.code
-    assert isinstance(code, str), "SystemExit with a str: Python prints it and exits 1"
-    assert code == f"passenger: {info.value.message}"
-    assert "\n" not in code and code.strip() == code, f"not one line: {code!r}"
-    assert "Traceback" not in code
-    return info.value.message
 
 
 def test_defaults(root: str, checked: list[str]) -> None:
