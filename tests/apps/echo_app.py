@@ -9,6 +9,7 @@
   /close            body framed by closing the connection (no length, not chunked)
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /exit             the process exits without answering
+  /alloc?mb=N       the process allocates N MB more and keeps it (for memory limits)
 Anything else: "Hello from <pid>".
 
 Mounted at a base URI (PASSENGER_BASE_URI, from the server's base_uri), it
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 BASE_URI = os.environ.get("PASSENGER_BASE_URI", "").rstrip("/")
 _in_flight = 0
+_hoard: list[bytearray] = []
 _in_flight_lock = threading.Lock()
 
 
@@ -145,6 +147,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(piece[: min(n, len(piece))])
                 n -= len(piece)
             return
+        if path == "/alloc":
+            _hoard.append(bytearray(int(query.get("mb", "0")) * 1024 * 1024))  # zero-filled: resident
+            return self._send(200, b"holding %d MB" % (sum(map(len, _hoard)) // 1048576))
         if path == "/exit":
             sys.stderr.write("exiting on request\n")
             sys.stderr.flush()

@@ -512,3 +512,42 @@ def test_sticky_sessions_send_a_client_back_to_its_process(serve: Serve, tmp_pat
         assert reply.status == 200 and reply.pid in pids, reply
         assert route_cookie(reply) == cookie_of[reply.pid]
     assert set(server.app_pids()) == pids
+
+
+# 8. Memory limit and idle time, end to end (real RSS read by psutil; the real clock).
+
+def test_a_process_above_its_memory_limit_is_replaced(serve: Serve, tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""
+        [[app]]
+        name = "hungry"
+        root = {q(APPS)}
+        start_command = {q(ECHO_APP)}
+        memory_limit = 80
+        """)
+    server = serve(["--config", str(config)], ready=1)
+    [first] = server.app_pids()
+    assert fetch(server, "/alloc?mb=150").status == 200
+    server.wait_log(rf"Process {first} of hungry uses \d+ MB, above its memory_limit of 80 MB; replacing it",
+                    timeout=15)
+    wait_for(lambda: not pid_exists(first), timeout=15, what=f"process {first} to exit")
+    reply = fetch(server, "/pid")
+    assert reply.status == 200 and int(reply.body) != first
+
+
+def test_processes_idle_for_pool_idle_time_stop_down_to_min_instances(serve: Serve, tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""
+        [[app]]
+        name = "idler"
+        root = {q(APPS)}
+        start_command = {q(ECHO_APP)}
+        min_instances = 1
+        concurrency = 1
+        pool_idle_time = 1
+        """)
+    server = serve(["--config", str(config)], ready=1)
+    burst(server, 3, "/sleep?ms=300")  # three at once, one each: the pool grows past min_instances
+    grown = spawned_by_app(server)["idler"]
+    assert len(grown) >= 3
+    server.wait_log(r"was idle for \d+s \(pool_idle_time\); stopping it", count=len(grown) - 1, timeout=15)
+    wait_for(lambda: sum(pid_exists(pid) for pid in grown) == 1, timeout=15, what="all but one to exit")
+    assert fetch(server, "/pid").status == 200
