@@ -61,8 +61,15 @@ class AppConfig:
     sticky_sessions_cookie_name: str = "_passenger_route"
     sticky_sessions_cookie_attributes: str = "SameSite=Lax; Secure;"
     start_timeout: float = 90.0
-    #: Seconds between TERM and KILL when a process is stopped.
+    #: The signal that asks a process to stop; KILL follows after shutdown_timeout.
+    stop_signal: str = "TERM"
     shutdown_timeout: float = 30.0
+    #: Abort a stopping process's upgraded connections (WebSockets) at once, as Passenger.
+    abort_websockets_on_process_shutdown: bool = True
+    #: Where restart.txt and always_restart.txt are watched (None: <root>/tmp).
+    restart_dir: str | None = None
+    rolling_restarts: bool = False
+    resist_deployment_errors: bool = False
     #: Where spawn work directories go (None: $TMPDIR or /tmp).
     spawn_dir: str | None = None
     debug_spawn_dir: bool = False
@@ -93,5 +100,5 @@ class ServerConfig:
     listen: tuple[str, ...] = ("tcp:3000:interface=0.0.0.0",)
     #: Most processes of all apps together.
     max_pool_size: int = 6
-    #: Seconds in-flight requests get to finish when the server stops.
-    drain_timeout: float = 30.0
+    #: Seconds in-flight requests get to finish when the server stops or a process leaves.
+    drain_timeout: float = 60.0

@@ -79,6 +79,17 @@ def seconds(zero_means: str | None = None) -> Converter:
     return convert
 
 
+#: Signals an app may be asked to stop with.
+STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
+
+
+def stop_signal(label: str, raw: object) -> str:
+    name = text(label, raw).upper().removeprefix("SIG")
+    if name not in STOP_SIGNALS:
+        raise ConfigError(f"{label} {raw!r}: expected one of {', '.join(STOP_SIGNALS)}")
+    return name
+
+
 def status(label: str, raw: object) -> int:
     value = int(_number(label, raw, True, "an HTTP status"))
     if not 100 <= value <= 599:
@@ -250,6 +261,8 @@ class Setting:
     is_flag: bool = False
     #: Repeatable on the command line; the values are collected in a list.
     repeatable: bool = False
+    #: The value a flag gives when it is on the command line (False for a --no-... flag).
+    flag_value: bool = True
 
     @property
     def option(self) -> str:
@@ -315,7 +328,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Attributes added to the sticky-session cookie."),
     # Starting and stopping processes.
     Setting("start_timeout", seconds(), 90.0, "Seconds a process may take to start listening before it is killed."),
-    Setting("shutdown_timeout", seconds(), 30.0, "Seconds between TERM and KILL when an app process is stopped."),
+    Setting("stop_signal", stop_signal, "TERM", "Signal that asks an app process to stop (after its stdin is closed)."),
+    Setting("shutdown_timeout", seconds(), 30.0, "Seconds between the stop signal and KILL when an app process is stopped."),
+    Setting("abort_websockets_on_process_shutdown", flag, True,
+            "Keep WebSockets (and other upgraded connections) of a stopping process open until they close or the drain "
+            "timeout passes, instead of aborting them (Passenger's default).",
+            cli="no-abort-websockets-on-process-shutdown", is_flag=True, flag_value=False),
+    # Restarts.
+    Setting("restart_dir", text, None, "Where tmp/restart.txt and always_restart.txt are looked for. [default: APP_ROOT/tmp]"),
+    Setting("rolling_restarts", flag, False,
+            "Restart one process at a time, new ones taking requests first, instead of all at once.", is_flag=True),
+    Setting("resist_deployment_errors", flag, False,
+            "In a rolling restart, keep the old processes serving if a new one fails to start.", is_flag=True),
     Setting("spawn_dir", writable_directory, None, "Where spawn work directories are made. [default: $TMPDIR or /tmp]"),
     Setting("debug_spawn_dir", flag, False, "Keep every spawn's work directory (for debugging the handshake).",
             is_flag=True),
@@ -338,8 +362,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("address", text, "0.0.0.0", "Address to listen on for HTTP.", scope=_SERVER),
     Setting("port", port, 3000, "Port to listen on for HTTP.", scope=_SERVER),
     Setting("max_pool_size", whole(1), 6, "Most processes to run, all apps together.", scope=_SERVER),
-    Setting("drain_timeout", seconds(), 30.0, "Seconds in-flight requests get to finish when the server stops.",
-            scope=_SERVER),
+    Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "
+            "process leaves; then they get 504 and the process is stopped anyway.", scope=_SERVER),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

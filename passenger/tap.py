@@ -91,7 +91,7 @@ class Options(usage.Options):
         for setting in SETTINGS:
             value = self[setting.option[2:]]
             if setting.is_flag:
-                value = True if value else None
+                value = setting.flag_value if value else None
             elif setting.repeatable and not value:
                 value = None
             values[setting.key] = value

@@ -421,24 +421,31 @@ class FrontProtocol(Protocol):
             timer.cancel()
 
     def _ran_too_long(self, process: AppProcess) -> None:
-        """max_request_time passed: 504 (or a cut connection if the response began); the process is replaced."""
+        """max_request_time passed: the process is replaced, and this request ends."""
         self.request_timer = None
         if self.process is not process:
             return
+        self.group.stuck(process, self.group.app.max_request_time)
+        self.cut_off(process, "The application did not answer within its max_request_time.")
+
+    def cut_off(self, process: AppProcess, detail: str) -> None:
+        """The server gives up on this request to ``process``: 504, or a cut connection if the response began."""
+        if self.process is not process:
+            return
+        self._cancel_request_timer()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.front = None
             if upstream.transport is not None:
                 upstream.transport.abortConnection()  # type: ignore[attr-defined]
         self.process = None
-        self.group.stuck(process, self.group.app.max_request_time)
         self.group.release(process)
-        if self.responding:
+        if self.responding or self.tunnel:
             self.responding = False
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        self._send_error(504, "Gateway Timeout", "The application did not answer within its max_request_time.")
+        self._send_error(504, "Gateway Timeout", detail)
 
     @staticmethod
     def _sticky_id(request: Request, cookie_name: str) -> int | None:

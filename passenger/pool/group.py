@@ -20,10 +20,10 @@ import collections
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -37,6 +37,8 @@ from passenger.spawn.report import SpawnReport, log_line
 if TYPE_CHECKING:
     from passenger.pool.pool import Pool
 
+#: While tmp/always_restart.txt exists, a request restarts the app at most this often (seconds).
+ALWAYS_RESTART_THROTTLE = 1.0
 #: Delay before re-spawning after a failed spawn; doubles up to MAX_BACKOFF,
 #: with +/-25% jitter so that many apps failing together do not retry in step.
 FIRST_BACKOFF = 0.5
@@ -115,6 +117,20 @@ class Group:
         self._sticky_ids: dict[int, AppProcess] = {}
         #: The most processes this app can ever have (its max_instances, or the whole pool).
         self.most_processes = min(app.max_instances or pool.max_pool_size, pool.max_pool_size)
+        #: Restarts: each makes a new generation; new processes carry it.
+        self.generation = 0
+        self.restarts = 0
+        #: A rolling restart is under way (new processes take requests first).
+        self.rolling = False
+        self._roll_again = False
+        self._roll_done: Deferred[None] | None = None
+        #: Why the last rolling restart stopped (a new process failed under resist_deployment_errors).
+        self.restart_error: SpawnReport | None = None
+        #: Set by the restart-file watcher while tmp/always_restart.txt exists.
+        self.always_restart = False
+        self._next_always_restart = 0.0
+        self._restart_waiters: list[Deferred[None]] = []
+        self._readiness: dict[AppProcess, Deferred[bool]] = {}
 
     # Life of the group.
     def start(self) -> None:
@@ -147,6 +163,9 @@ class Group:
     # Requests.
     def checkout(self, waiter: Waiter, sticky_id: int | None = None) -> AppProcess | None:
         """A process for this request now, or None (the waiter will hear later)."""
+        if self.always_restart and self._clock.seconds() >= self._next_always_restart:
+            self._next_always_restart = self._clock.seconds() + ALWAYS_RESTART_THROTTLE
+            self.restart(rolling=False, reason="tmp/always_restart.txt exists")
         target = self._sticky_ids.get(sticky_id) if sticky_id is not None else None
         if target is not None and target.state == READY and target in self.ready:
             if not is_full(target):
@@ -154,7 +173,10 @@ class Group:
                 return target
         else:
             target = None
-            process = route(self.ready)
+            if self.rolling:  # the new generation first
+                process = route([p for p in self.ready if p.generation == self.generation]) or route(self.ready)
+            else:
+                process = route(self.ready)
             if process is not None:
                 process.sessions += 1
                 if not self.spawning and len(self.processes) < self.most_processes:
@@ -364,15 +386,22 @@ class Group:
     def _maybe_spawn(self) -> None:
         while (self.running and self._backoff is None and len(self.spawning) < self.app.max_spawns_in_parallel
                and self.wants_process() and self.pool.may_spawn(self, evict=self.waiting > 0)):
-            self.spawned += 1
-            try:
-                process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
-            except Exception as e:
-                report = getattr(e, "report", None) or minimal_report(self.app, str(e))
-                self._spawn_failed(report)
+            if self._spawn() is None:
                 return
-            self.spawning.append(process)
-            self.processes.append(process)
+
+    def _spawn(self) -> AppProcess | None:
+        """Start one process of the current generation (None: it failed at once, and that is handled)."""
+        self.spawned += 1
+        try:
+            process = self._spawner.spawn(self.app, self.spawned, self, [p.port for p in self.processes])
+        except Exception as e:
+            report = getattr(e, "report", None) or minimal_report(self.app, str(e))
+            self._spawn_failed(report)
+            return None
+        process.generation = self.generation
+        self.spawning.append(process)
+        self.processes.append(process)
+        return process
 
     def capacity_available(self) -> None:
         """The pool has room again (for this group, which asked for it)."""
@@ -394,6 +423,13 @@ class Group:
             process.sticky_id = self._new_sticky_id()
             self._sticky_ids[process.sticky_id] = process
         self._watch_health(process)
+        readiness = self._readiness.pop(process, None)
+        if readiness is not None:
+            readiness.callback(True)
+        if process.generation == self.generation and self._restart_waiters:
+            waiters, self._restart_waiters = self._restart_waiters, []
+            for d in waiters:
+                d.callback(None)
         self._dispatch()
         self._maybe_spawn()
         self._watch_idle()
@@ -405,6 +441,9 @@ class Group:
         if process.state != DEAD:
             self._leave(process, process.wait_stopped())
         self._spawn_failed(report)
+        readiness = self._readiness.pop(process, None)
+        if readiness is not None:
+            readiness.callback(False)
         self.pool.rebalance()
 
     def process_exited(self, process: AppProcess, reason: str) -> None:
@@ -436,6 +475,83 @@ class Group:
                       count=self.app.health_check_failures, detail=result.detail)
         self._retire(process)
 
+    # Restarts.
+    def restart(self, rolling: bool | None = None, reason: str = "") -> Deferred[None]:
+        """Replace every process with one of the app as it is now; fires when the restart is over.
+
+        Blocking (Passenger's default): every process leaves rotation and drains at
+        once, requests wait for the first new process, which is when this fires.
+        Rolling: a new process first, then one old process drained and stopped,
+        one at a time.  Either way a restart ends a spawn back-off: the app may
+        have been fixed.
+        """
+        rolling = self.app.rolling_restarts if rolling is None else rolling
+        if rolling and self._roll_done is not None:
+            self._roll_again = True  # one more pass over what is old once this one ends
+            return self._roll_done
+        self.restarts += 1
+        self.generation += 1
+        self._end_backoff()
+        self.last_failure = None
+        self.restart_error = None
+        self.log.info("Restarting {app} ({how}){why}", app=self.app.name, how="rolling" if rolling else "blocking",
+                      why=f": {reason}" if reason else "")
+        if rolling and self.ready:
+            self._roll_done = self._roll()
+            return self._roll_done
+        for process in list(self.spawning):  # a spawn of the old version is of no use now
+            self._forget(process)
+            self._leave(process, process.stop())
+        for process in list(self.ready):
+            self._retire(process, settle=False)
+        done: Deferred[None] = Deferred()
+        self._restart_waiters.append(done)
+        self._settle()
+        if not self.spawning and not self.ready and self._restart_waiters:
+            waiters, self._restart_waiters = self._restart_waiters, []
+            for d in waiters:  # nothing to start until a request comes (min_instances 0)
+                d.callback(None)
+        return done
+
+    @inlineCallbacks
+    def _roll(self) -> Generator[Deferred[Any], Any, None]:
+        self.rolling = True
+        try:
+            while True:
+                for old in [p for p in self.ready if p.generation < self.generation]:
+                    if old not in self.ready:
+                        continue  # it died meanwhile
+                    fresh = self._spawn()
+                    started = (yield self._until_ready(fresh)) if fresh is not None else False
+                    if not started:
+                        if self.app.resist_deployment_errors:
+                            self.restart_error = self.last_failure
+                            self.log.error("Rolling restart of {app} stopped: a new process failed to start "
+                                           "(resist_deployment_errors); {count} old process(es) keep serving",
+                                           app=self.app.name, count=len(self.ready))
+                            return
+                        self.log.warn("Rolling restart of {app}: a new process failed to start; "
+                                      "replacing the next old one anyway", app=self.app.name)
+                    if old in self.ready:
+                        self._retire(old, replace=False)
+                    if old.state != DEAD:
+                        yield old.wait_stopped()
+                if not self._roll_again:
+                    return
+                self._roll_again = False
+                self.restarts += 1
+                self.generation += 1
+        finally:
+            self.rolling = False
+            self._roll_done = None
+            self._settle()
+
+    def _until_ready(self, process: AppProcess) -> Deferred[bool]:
+        """Fires True when ``process`` is ready, False if it fails to start."""
+        d: Deferred[bool] = Deferred()
+        self._readiness[process] = d
+        return d
+
     # Processes leaving.
     def _retire(self, process: AppProcess, replace: bool = True, settle: bool = True) -> None:
         """Out of rotation now; stopped once its requests are done (or after the drain timeout)."""
@@ -450,16 +566,30 @@ class Group:
         else:
             self.leaving.add(process)
             process.arm(self.drain_timeout, lambda: self._stop_drained(process))
+            if self.app.abort_websockets_on_process_shutdown:
+                self._cut_off(process, tunnels_only=True,
+                              detail="The process serving this connection is shutting down.")
         if settle:
             self._settle() if replace else self.pool.rebalance()
 
     def _stop_drained(self, process: AppProcess) -> None:
+        """Its last request is done, or the drain timeout passed: stop it (requests still on it get 504)."""
         if process.sessions:
             self.log.warn("Process {pid} of {app} still had {count} request(s) after {seconds}s of draining; "
-                          "stopping it", pid=process.pid, app=self.app.name, count=process.sessions,
-                          seconds=self.drain_timeout)
+                          "answering them 504 and stopping it", pid=process.pid, app=self.app.name,
+                          count=process.sessions, seconds=self.drain_timeout)
+            self._cut_off(process, tunnels_only=False,
+                          detail="The application did not finish this request before its process had to stop.")
         process.draining = False
         self._leave(process, process.stop())
+
+    @staticmethod
+    def _cut_off(process: AppProcess, tunnels_only: bool, detail: str) -> None:
+        """End the requests (or only the upgraded connections) still on ``process``, from the client's side."""
+        for connection in list(process.connections):
+            front = connection.front
+            if front is not None and (front.tunnel or not tunnels_only):
+                front.cut_off(process, detail)
 
     def _leave(self, process: AppProcess, stopped: Deferred[None]) -> None:
         self.leaving.add(process)

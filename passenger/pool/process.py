@@ -106,6 +106,10 @@ class AppProcess:
     host: str = "127.0.0.1"
     #: Out of rotation, finishing its requests before it is stopped.
     draining: bool = False
+    #: Which restart of its app it belongs to (new processes take requests first in a rolling restart).
+    generation: int = 0
+    #: The signal that asks it to stop (after its stdin is closed).
+    stop_signal: str = "TERM"
     #: Sticky sessions: the cookie value that routes a client back here.
     sticky_id: int | None = None
     #: Requests waiting for this very process (sticky sessions), oldest first: (since, waiter).
@@ -169,14 +173,14 @@ class AppProcess:
             pass
 
     def begin_stop(self) -> Deferred[None]:
-        """Close stdin (Passenger's shutdown signal), TERM, and KILL after the timeout."""
+        """Close stdin (Passenger's shutdown signal), send the stop signal (TERM), and KILL after the timeout."""
         self.state = STOPPING
         if self.transport is not None:
             try:
                 self.transport.closeStdin()
             except Exception:
                 pass
-        self.signal("TERM")
+        self.signal(self.stop_signal)
         self.arm(self.shutdown_timeout, self.kill_timed_out)
         return self.wait_stopped()
 

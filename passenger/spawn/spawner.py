@@ -291,6 +291,7 @@ class Spawner:
             clock=self._reactor,
             observer=observer,
             shutdown_timeout=app.shutdown_timeout,
+            stop_signal=app.stop_signal,
             started_monotonic=began,
         )
         user = self._user(app)

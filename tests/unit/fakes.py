@@ -180,6 +180,7 @@ class FakeSpawner:
             clock=self.clock,
             observer=observer,
             shutdown_timeout=app.shutdown_timeout,
+            stop_signal=app.stop_signal,
         )
         process.attach(FakeProcessTransport(on_end=process.exited))
         process.arm(app.start_timeout, process.start_timed_out)

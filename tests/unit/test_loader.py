@@ -195,7 +195,7 @@ def test_a_file_with_only_server_settings_at_the_top_and_no_app_defaults(tmp_pat
     assert app == defaults
     assert config.listen == ("tcp:3000:interface=0.0.0.0",)
     assert config.max_pool_size == 2
-    assert config.drain_timeout == 30.0
+    assert config.drain_timeout == 60.0
 
 
 def test_passengers_spellings_are_accepted_in_the_file(tmp_path: Path, api: Path) -> None:

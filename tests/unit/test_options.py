@@ -64,7 +64,7 @@ def test_defaults(root: str, checked: list[str]) -> None:
     assert app.shutdown_timeout == 30.0
     assert app.environment == "production"
     assert dict(app.envvars) == {}
-    assert config.drain_timeout == 30.0
+    assert config.drain_timeout == 60.0
 
 
 def test_app_root_defaults_to_the_current_directory(root: str, checked: list[str],
