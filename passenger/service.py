@@ -1,27 +1,39 @@
 """PassengerService: the root service, for twistd/twist and for embedding.
 
 Start: bind the listeners (in ``privilegedStartService``, before twistd sheds
-privileges), then spawn every app's ``min_instances``.  Stop, in order: stop
-accepting, let in-flight requests finish within the drain timeout, then stop
-every app process (TERM, KILL after the shutdown timeout).  The Deferred from
-``stopService`` fires only when every child has been reaped.
+privileges), then spawn every app's ``min_instances`` and watch its restart
+files.  Stop, in order: stop accepting, let in-flight requests finish within
+the drain timeout, then stop every app process (stop signal, KILL after the
+shutdown timeout).  The Deferred from ``stopService`` fires only when every
+child has been reaped.
+
+Under twistd/twist (``handle_signals``) the server also answers Passenger's
+signals: HUP reloads the config file (apps added, removed, restarted when their
+settings changed), USR2 restarts every app rolling, QUIT stops fast (no drain),
+USR1 reopens the log file.  TERM and INT are the reactor's: a graceful stop.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application import strports
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.logfile import BaseLogFile
 
 from passenger import __version__
-from passenger.config import ServerConfig
+from passenger.config import AppConfig, ConfigError, ServerConfig
 from passenger.http.front import FrontFactory
 from passenger.http.router import Router
+from passenger.pool.group import Group
 from passenger.pool.metrics import ProcessMemory
 from passenger.pool.pool import Pool
+from passenger.pool.restart_files import RestartFiles
 from passenger.spawn.spawner import Spawner
 
 
@@ -31,15 +43,36 @@ def _global_reactor() -> Any:
     return reactor
 
 
+def twistd_log_file() -> BaseLogFile | None:
+    """The log file twistd opened for ``--logfile``, found through the SIGUSR1 handler it installs.
+
+    twistd keeps no other reference to it, and its own handler *rotates* the
+    file (renames it), which fights logrotate; we reopen it instead.
+    """
+    handler = signal.getsignal(signal.SIGUSR1)
+    for cell in getattr(handler, "__closure__", None) or ():
+        if isinstance(cell.cell_contents, BaseLogFile):
+            return cell.cell_contents
+    return None
+
+
 class PassengerService(Service):
     log = Logger()
 
-    def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
+    def __init__(self, config: ServerConfig, reactor: Any = None,
+                 load_config: Callable[[], ServerConfig] | None = None, handle_signals: bool = False) -> None:
+        """``load_config`` reads the configuration again (for SIGHUP and reloads)."""
         self.config = config
         self._reactor = reactor
+        self._load_config = load_config
+        self._handle_signals = handle_signals
         self.pool: Pool | None = None
         self.front: FrontFactory | None = None
         self.listeners: list[IService] = []
+        self.watchers: dict[str, RestartFiles] = {}
+        self._previous_handlers: dict[int, Any] = {}
+        self._log_file: BaseLogFile | None = None
+        self._fast = False
 
     @property
     def reactor(self) -> Any:
@@ -53,9 +86,15 @@ class PassengerService(Service):
         reactor, config = self.reactor, self.config
         self.pool = Pool(Spawner(reactor), reactor, config.max_pool_size, memory=ProcessMemory(),
                          drain_timeout=config.drain_timeout)
-        router = Router((app.server_names, app.base_uri, self.pool.add(app)) for app in config.apps)
-        self.front = FrontFactory(router, reactor)
+        for app in config.apps:
+            self.pool.add(app)
+        self.front = FrontFactory(self._router(), reactor)
         self.listeners = [strports.service(d, self.front, reactor=reactor) for d in self.config.listen]
+
+    def _router(self) -> Router[Group]:
+        assert self.pool is not None
+        groups = self.pool.groups
+        return Router((app.server_names, app.base_uri, groups[app.name]) for app in self.config.apps)
 
     def privilegedStartService(self) -> None:
         self._build()
@@ -73,7 +112,104 @@ class PassengerService(Service):
         self.log.info("passenger {version} serving {apps} on {listen}",
                       version=__version__, apps=apps, listen=", ".join(self.config.listen))
         self.pool.start()
+        for group in self.pool.groups.values():
+            self._watch(group)
+        if self._handle_signals:
+            self._install_signal_handlers()
 
+    def _watch(self, group: Group) -> None:
+        watcher = RestartFiles(group, self.reactor, self.reactor)
+        self.watchers[group.app.name] = watcher
+        watcher.start()
+
+    # Operations (signals, and the admin API later).
+    def restart_all(self, rolling: bool | None = None) -> Deferred[Any]:
+        """Restart every app (rolling, blocking, or as each app is configured)."""
+        assert self.pool is not None
+        return DeferredList([group.restart(rolling=rolling, reason="asked for every app")
+                             for group in self.pool.groups.values()], consumeErrors=True)
+
+    def reload(self) -> None:
+        """Read the configuration again and apply it: apps added, removed, or restarted if changed.
+
+        A configuration with an error is refused as a whole (and logged); the
+        server keeps running as it was.  Listen addresses change only with a
+        server restart.
+        """
+        if self._load_config is None or self.pool is None or self.front is None:
+            self.log.warn("Reload asked for, but there is no configuration file to read again")
+            return
+        try:
+            new = self._load_config()
+        except ConfigError as e:
+            self.log.error("Reload refused, the running configuration stays: {error}", error=e)
+            return
+        pool = self.pool
+        old_apps = {app.name: app for app in self.config.apps}
+        new_apps = {app.name: app for app in new.apps}
+        pool.max_pool_size, pool.drain_timeout = new.max_pool_size, new.drain_timeout
+        for name in old_apps.keys() - new_apps.keys():
+            self.log.info("Reload: {app} is gone from the configuration; stopping it", app=name)
+            self.watchers.pop(name).stop()
+            pool.remove(name)
+        for name, app in new_apps.items():
+            if name not in old_apps:
+                self.log.info("Reload: starting the new app {app}", app=name)
+                group = pool.add(app)
+                group.start()
+                self._watch(group)
+            else:
+                self._reconfigure(pool.groups[name], app, old_apps[name])
+        for group in pool.groups.values():
+            group.limits_changed()
+        if new.listen != self.config.listen:
+            self.log.warn("Reload: the listen addresses changed; they take effect when the server restarts")
+        self.config = attrs.evolve(new, listen=self.config.listen)
+        self.front.router = self._router()
+        pool.rebalance()
+
+    def _reconfigure(self, group: Group, app: AppConfig, old: AppConfig) -> None:
+        if app == old:
+            return
+        self.log.info("Reload: the settings of {app} changed; restarting it", app=app.name)
+        group.app = app
+        if app.restart_dir != old.restart_dir or app.root != old.root:
+            self.watchers.pop(app.name).stop()
+            self._watch(group)
+        group.restart(reason="its settings changed")
+
+    def reopen_logs(self) -> None:
+        if self._log_file is None:
+            self.log.info("USR1: no log file to reopen (logging to a terminal or syslog)")
+            return
+        self._log_file.reopen()
+        self.log.info("Reopened the log file {path}", path=self._log_file.path)
+
+    def fast_stop(self) -> None:
+        """Stop without letting requests finish (SIGQUIT)."""
+        self._fast = True
+        self.reactor.stop()
+
+    def _install_signal_handlers(self) -> None:
+        self._log_file = twistd_log_file()
+        actions: dict[int, Callable[[], object]] = {
+            signal.SIGHUP: self.reload,
+            signal.SIGUSR2: lambda: self.restart_all(rolling=True),
+            signal.SIGQUIT: self.fast_stop,
+            signal.SIGUSR1: self.reopen_logs,
+        }
+        for number, action in actions.items():
+            def handler(signum: int, frame: object, action: Callable[[], object] = action) -> None:
+                self.reactor.callFromThread(action)
+
+            self._previous_handlers[number] = signal.signal(number, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for number, previous in self._previous_handlers.items():
+            signal.signal(number, previous)
+        self._previous_handlers.clear()
+
+    # Stopping.
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self._stop()
@@ -81,19 +217,25 @@ class PassengerService(Service):
     @inlineCallbacks
     def _stop(self) -> Any:
         pool, front = self.pool, self.front
+        for watcher in self.watchers.values():
+            watcher.stop()
+        self._restore_signal_handlers()
         yield DeferredList([d for d in (s.stopService() for s in self.listeners) if d is not None],
                            consumeErrors=True)
         if front is not None:
-            drained = front.shut_down()
-            timeout = self.reactor.callLater(self.config.drain_timeout, drained.cancel)
-            try:
-                yield drained
-            except Exception:
-                self.log.warn("In-flight requests did not finish within {seconds}s; closing them",
-                              seconds=self.config.drain_timeout)
+            if self._fast:
                 front.abort_all()
             else:
-                timeout.cancel()
+                drained = front.shut_down()
+                timeout = self.reactor.callLater(self.config.drain_timeout, drained.cancel)
+                try:
+                    yield drained
+                except Exception:
+                    self.log.warn("In-flight requests did not finish within {seconds}s; closing them",
+                                  seconds=self.config.drain_timeout)
+                    front.abort_all()
+                else:
+                    timeout.cancel()
         if pool is not None:
             yield pool.stop()
         self.log.info("passenger stopped; every app process has exited")

@@ -173,4 +173,6 @@ def makeService(options: Options) -> IService:
     """Build the service tree; nothing is bound or spawned until it starts."""
     from passenger.service import PassengerService
 
-    return PassengerService(options["config"])
+    config_file, given = options["config-file"], options.given()
+    return PassengerService(options["config"], load_config=lambda: build_config(given, config_file),
+                            handle_signals=True)

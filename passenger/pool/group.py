@@ -151,6 +151,27 @@ class Group:
             self._forget(process)
         return DeferredList([p.stop() for p in everyone], consumeErrors=True)
 
+    def wind_down(self) -> Deferred[Any]:
+        """The app leaves the server: no new requests; its processes finish theirs and stop."""
+        self.running = False
+        for timer in (self._backoff, self._idle_timer, self._queue_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._backoff = self._idle_timer = self._queue_timer = None
+        for waiter in self._take_all_waiters():
+            waiter.reject(503, "Service Unavailable", "This application was removed from the server.")
+        for process in list(self.spawning):
+            self._forget(process)
+            self._leave(process, process.stop())
+        for process in list(self.ready):
+            self._retire(process, settle=False)
+        return DeferredList([p.wait_stopped() for p in self.leaving if p.state != DEAD], consumeErrors=True)
+
+    def limits_changed(self) -> None:
+        """The pool's size, the drain timeout or this app's settings were reloaded."""
+        self.most_processes = min(self.app.max_instances or self.pool.max_pool_size, self.pool.max_pool_size)
+        self.drain_timeout = self.pool.drain_timeout
+
     @property
     def waiting(self) -> int:
         """Requests waiting for a process of this app."""

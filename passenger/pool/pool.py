@@ -44,6 +44,8 @@ class Pool:
         self.memory = memory
         self.jitter = jitter
         self.groups: dict[str, Group] = {}
+        #: Groups removed by a reload whose processes are still finishing.
+        self.removed: set[Group] = set()
         #: Groups that need a process while the pool is full, first come first served.
         self.waiting: collections.deque[Group] = collections.deque()
         self._memory_timer: IDelayedCall | None = None
@@ -64,7 +66,24 @@ class Pool:
             self._memory_timer.cancel()
         self._memory_timer = None
         self.waiting.clear()
-        return DeferredList([group.stop() for group in self.groups.values()], consumeErrors=True)
+        groups = [*self.groups.values(), *self.removed]
+        return DeferredList([group.stop() for group in groups], consumeErrors=True)
+
+    def remove(self, name: str) -> Deferred[Any]:
+        """The app leaves the server: its processes finish their requests and stop."""
+        group = self.groups.pop(name)
+        if group in self.waiting:
+            self.waiting.remove(group)
+        self.removed.add(group)
+        done = group.wind_down()
+
+        def gone(result: object) -> object:
+            self.removed.discard(group)
+            return result
+
+        done.addBoth(gone)
+        self.rebalance()
+        return done
 
     @property
     def size(self) -> int:
