@@ -146,6 +146,9 @@ class Group:
         self._backoff = self._idle_timer = self._queue_timer = None
         for waiter in self._take_all_waiters():
             waiter.reject(*SHUTTING_DOWN)
+        readiness, self._readiness = self._readiness, {}
+        for d in readiness.values():
+            d.callback(False)  # a rolling restart under way ends here
         everyone = list(self.processes) + list(self.leaving)
         for process in everyone:
             self._forget(process)

@@ -284,3 +284,11 @@ def test_restart_dir_setting(tmp_path: Path) -> None:
     world.clock.advance(STAT_INTERVAL)
     assert a.restarts == 1
     watcher.stop()
+
+
+def test_stopping_the_group_ends_a_rolling_restart() -> None:
+    world, a, old = rolling_world()
+    done = a.restart()
+    a.stop()
+    exit_all(world.spawner.spawned)
+    assert done.called and not a.rolling
