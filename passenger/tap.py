@@ -8,6 +8,7 @@ mistake reaches the terminal as one line and a non-zero exit.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 from typing import Any
@@ -148,6 +149,9 @@ def _check_listen(description: str) -> None:
         raise ConfigError(f"--listen {description!r}: {e.strerror}: {e.filename}") from None
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"--listen {description!r}: {e}") from None
+    if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
+        _check_adopted(description, endpoint.fileno, endpoint.addressFamily)
+        return
     port = getattr(endpoint, "_port", None)
     interface = getattr(endpoint, "_interface", "")
     if not isinstance(port, int) or port == 0:
@@ -167,6 +171,20 @@ def _check_listen(description: str) -> None:
         raise ConfigError(f"cannot listen on {interface or '*'}:{port}: {e.strerror}") from None
     finally:
         probe.close()
+
+
+def _check_adopted(description: str, fileno: int, family: socket.AddressFamily) -> None:
+    """A socket systemd passed must be the family ``domain=`` says (else client addresses come out garbled)."""
+    try:
+        with socket.socket(fileno=os.dup(fileno)) as passed:
+            actual = passed.family
+    except OSError as e:
+        raise ConfigError(f"--listen {description!r}: descriptor {fileno} is not a socket ({e.strerror})") from None
+    if actual != family:
+        names = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}
+        raise ConfigError(f"--listen {description!r}: systemd passed an {names.get(actual, actual)} socket; "
+                          f"use domain={names.get(actual, actual)} (ListenStream=0.0.0.0:PORT gives an INET socket, "
+                          "a bare port an INET6 one)")
 
 
 def makeService(options: Options) -> IService:

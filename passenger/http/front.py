@@ -43,6 +43,8 @@ PAUSED_WAITING = 4  # body buffered while the request waits for a process
 
 #: Body bytes held for a request that has no app connection yet.
 WAITING_BUFFER = 65536
+#: Seconds a connection accepted just before a graceful stop gets to send its first request.
+SHUTDOWN_GRACE = 1.0
 #: Attempts to place a request when processes refuse connections.
 MAX_TRIES = 3
 #: Requests that may be sent again when a kept-alive connection turns out closed (RFC 9110 §9.2.1).
@@ -118,6 +120,9 @@ class FrontProtocol(Protocol):
         self.broken = False
         self.peer = b""
         self.scheme = b"http"
+        #: Requests begun on this connection.
+        self.requests = 0
+        self.grace: IDelayedCall | None = None
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -134,6 +139,8 @@ class FrontProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.disconnected = True
+        if self.grace is not None and self.grace.active():
+            self.grace.cancel()
         self.factory.connection_closed(self)
         if self.active is not None:
             self._abandon()
@@ -179,6 +186,7 @@ class FrontProtocol(Protocol):
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
+        self.requests += 1
 
     def on_url(self, url: bytes) -> None:
         self.parsing.url += url  # type: ignore[union-attr]
@@ -599,8 +607,21 @@ class FrontProtocol(Protocol):
 
     # Server shutdown.
     def shut_down(self) -> None:
-        """Finish the request in flight, if any, then close."""
+        """Finish the request in flight, if any, then close.
+
+        A connection idle between two requests closes now.  One that has not
+        sent (all of) its first request yet was accepted a moment ago and its
+        request is on its way: it gets SHUTDOWN_GRACE seconds to arrive, and is served.
+        """
         self.closing = True
+        if self.active is None and self.transport is not None:
+            if self.requests and self.parsing is None:
+                self.transport.loseConnection()
+            elif self.grace is None:
+                self.grace = self.factory.reactor.callLater(SHUTDOWN_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self.grace = None
         if self.active is None and self.transport is not None:
             self.transport.loseConnection()
 

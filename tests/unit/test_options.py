@@ -21,6 +21,7 @@ from twisted.application.service import IService, IServiceMaker
 from twisted.python import usage
 
 from passenger import tap
+from passenger.config import ConfigError
 from passenger.service import PassengerService
 from passenger.tap import Options
 from tests.unit.cli import config_error, parse
@@ -240,3 +241,12 @@ def test_importing_the_plugin_installs_no_reactor() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_systemd_socket_of_another_family_than_domain_is_refused() -> None:
+    with socket.socket(socket.AF_INET6) as passed:
+        passed.bind(("::1", 0))
+        passed.listen()
+        with pytest.raises(ConfigError, match="systemd passed an INET6 socket; use domain=INET6"):
+            tap._check_adopted("systemd:domain=INET:index=0", passed.fileno(), socket.AF_INET)
+        tap._check_adopted("systemd:domain=INET6:index=0", passed.fileno(), socket.AF_INET6)

@@ -287,7 +287,7 @@ def test_restart_dir_setting(tmp_path: Path) -> None:
 
 
 def test_stopping_the_group_ends_a_rolling_restart() -> None:
-    world, a, old = rolling_world()
+    world, a, _old = rolling_world()
     done = a.restart()
     a.stop()
     exit_all(world.spawner.spawned)
