@@ -92,7 +92,7 @@ def read_config_file(path: str) -> tuple[Layer, list[Layer]]:
 
 
 #: Settings that are paths; in a config file they are relative to the file.
-PATH_KEYS = ("root", "spawn_dir", "custom_error_page", "restart_dir")
+PATH_KEYS = ("root", "spawn_dir", "custom_error_page")  # restart_dir: relative to the app root
 
 
 def _relative_to(path: str, table: dict[str, Any]) -> dict[str, Any]:

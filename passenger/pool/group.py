@@ -512,6 +512,8 @@ class Group:
         rolling = self.app.rolling_restarts if rolling is None else rolling
         if rolling and self._roll_done is not None:
             self._roll_again = True  # one more pass over what is old once this one ends
+            self.log.info("Restarting {app} (rolling){why}: after the rolling restart under way",
+                          app=self.app.name, why=f": {reason}" if reason else "")
             return self._roll_done
         self.restarts += 1
         self.generation += 1

@@ -8,6 +8,7 @@ so the hot path never goes through the machine.
 from __future__ import annotations
 
 import collections
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from passenger.http.upstream import UpstreamConnection
+
+#: Signal names IProcessTransport.signalProcess understands (others are sent by number).
+TWISTED_SIGNAL_NAMES = frozenset({"HUP", "STOP", "INT", "KILL", "TERM"})
 
 SPAWNING = "spawning"
 READY = "ready"
@@ -167,8 +171,10 @@ class AppProcess:
     def signal(self, name: str) -> None:
         if self.transport is None:
             return
+        # Twisted knows a few names; any other signal goes by number.
+        signal_id: str | int = name if name in TWISTED_SIGNAL_NAMES else int(getattr(signal, "SIG" + name))
         try:
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(signal_id)
         except (ProcessExitedAlready, OSError):
             pass
 
@@ -259,8 +265,8 @@ def _build() -> Callable[[AppProcess], _Lifecycle]:
 
     @Stopping.upon(_Lifecycle.kill_timed_out).loop()
     def kill(i: _Lifecycle, p: AppProcess) -> None:
-        p.log.warn("App {pid} ({app}) ignored TERM for {seconds}s; sending KILL",
-                   pid=p.pid, app=p.app, seconds=p.shutdown_timeout)
+        p.log.warn("App {pid} ({app}) ignored {signal} for {seconds}s; sending KILL",
+                   pid=p.pid, app=p.app, signal=p.stop_signal, seconds=p.shutdown_timeout)
         p.signal("KILL")
 
     # Late or repeated inputs that need no action.

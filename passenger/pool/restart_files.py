@@ -21,6 +21,9 @@ from passenger.pool.group import Group
 
 #: Seconds between two stats of the restart files.
 STAT_INTERVAL = 1.0
+#: inotify reports a ``touch`` of a new file twice (created, then its times set,
+#: two mtimes): look once, this long after the first event.
+SETTLE = 0.05
 
 
 def _mtime(path: str) -> int | None:
@@ -45,6 +48,7 @@ class RestartFiles:
         self._poll = LoopingCall(self.check)
         self._poll.clock = clock
         self._notifier: Any = None
+        self._soon: Any = None
 
     def start(self) -> None:
         self.group.always_restart = os.path.exists(self.always_txt)
@@ -57,6 +61,14 @@ class RestartFiles:
         if self._notifier:
             self._notifier.loseConnection()
         self._notifier = None
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+
+    def changed(self) -> None:
+        """inotify saw something in the directory: look shortly, once for a burst of events."""
+        if self._soon is None or not self._soon.active():
+            self._soon = self.clock.callLater(SETTLE, self.check)
 
     def check(self) -> None:
         """Look at both files now."""
@@ -81,7 +93,7 @@ class RestartFiles:
             notifier.startReading()
             mask = (inotify.IN_CREATE | inotify.IN_ATTRIB | inotify.IN_MODIFY | inotify.IN_CLOSE_WRITE
                     | inotify.IN_MOVED_TO | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_DELETE_SELF)
-            notifier.watch(FilePath(self.directory), mask=mask, callbacks=[lambda *_: self.check()])
+            notifier.watch(FilePath(self.directory), mask=mask, callbacks=[lambda *_: self.changed()])
         except Exception as e:  # no inotify here (or no watches left): the stat poll still sees every change
             self.log.info("Watching {path} by polling only ({error})", path=self.directory, error=e)
             self._notifier = False

@@ -12,6 +12,10 @@
   /alloc?mb=N       the process allocates N MB more and keeps it (for memory limits)
 Anything else: "Hello from <pid>".
 
+  --announce-stop   print "app <pid> got SIGTERM" when asked to stop, then die
+                    of the signal as without it (restart tests order this line
+                    against the server's own log lines)
+
 Mounted at a base URI (PASSENGER_BASE_URI, from the server's base_uri), it
 serves the same routes under it (/api/echo), as apps mounted at a sub-path do;
 /echo still reports the path as received.  Every answer of _send carries
@@ -21,6 +25,7 @@ X-In-Flight: the requests this process was handling when it took this one
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -31,6 +36,16 @@ BASE_URI = os.environ.get("PASSENGER_BASE_URI", "").rstrip("/")
 _in_flight = 0
 _hoard: list[bytearray] = []
 _in_flight_lock = threading.Lock()
+
+
+def announce_stop() -> None:
+    """On SIGTERM, say so on stdout, then die of SIGTERM (the exit the server sees is unchanged)."""
+    def on_term(signum: int, frame: object) -> None:
+        print(f"app {os.getpid()} got SIGTERM", flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _route_path(path: str) -> str:
@@ -160,6 +175,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if "--announce-stop" in sys.argv:
+        announce_stop()
     port = int(os.environ["PORT"])
     print(f"echo app {os.getpid()} listening on {port}", flush=True)
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)

@@ -10,6 +10,7 @@ log instead of sleeping.
 
   --ignore-term   ignore SIGTERM (and the closing of stdin): only KILL stops it
   --chatty        print "hello-out" on stdout and "hello-err" on stderr at start
+  --announce-stop print "app <pid> got SIGTERM" when asked to stop (as echo_app)
 """
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 from http.server import ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from echo_app import Handler
+from echo_app import Handler, announce_stop
 
 
 class LoudHandler(Handler):
@@ -35,6 +36,8 @@ class LoudHandler(Handler):
 if __name__ == "__main__":
     if "--ignore-term" in sys.argv:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "--announce-stop" in sys.argv:
+        announce_stop()
     if "--chatty" in sys.argv:
         print("hello-out", flush=True)
         print("hello-err", file=sys.stderr, flush=True)
