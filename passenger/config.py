@@ -7,6 +7,7 @@ spawned or daemonized; every problem becomes a one-line :class:`ConfigError`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -102,3 +103,9 @@ class ServerConfig:
     max_pool_size: int = 6
     #: Seconds in-flight requests get to finish when the server stops or a process leaves.
     drain_timeout: float = 60.0
+    #: Largest request body in bytes (413 beyond).
+    max_body_size: int = 1024**3
+    allow_underscore_headers: bool = False
+    #: Proxies whose forwarding headers are trusted (ip_network objects).
+    trusted_proxies: tuple[Any, ...] = ()
+    show_version_in_header: bool = False

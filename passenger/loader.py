@@ -208,8 +208,9 @@ def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) 
     server_layers = [server_file, server_cli]
     server = _resolve(SERVER_SETTINGS, server_layers)
     listen = server["listen"] or (_default_listen(server["address"], server["port"]),)
-    config = ServerConfig(apps=tuple(app for app, _ in built), listen=listen, max_pool_size=server["max_pool_size"],
-                          drain_timeout=server["drain_timeout"])
+    server.pop("address"), server.pop("port")
+    server["listen"] = listen
+    config = ServerConfig(apps=tuple(app for app, _ in built), **server)
     check_apps_together(config, _labeller(server_layers, server_cli), [label for _, label in built], config_path)
     return config
 

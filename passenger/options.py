@@ -9,6 +9,7 @@ min_instances``), so every mistake is one line the user can act on.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -218,6 +219,30 @@ def listen_list(label: str, raw: object) -> tuple[str, ...]:
     return tuple(descriptions)
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.I)
+
+
+def size(label: str, raw: object) -> int:
+    """Bytes, with an optional k, m or g suffix (1024-based): 10m, 1g, 65536."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    found = _SIZE.match(raw) if isinstance(raw, str) else None
+    if found is None:
+        raise ConfigError(f"{label} {_shown(raw)}: expected a size in bytes, e.g. 65536, 512k, 10m or 1g")
+    return int(found.group(1)) * 1024 ** " kmg".index(found.group(2).lower() or " ")
+
+
+def networks(label: str, raw: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs such as 10.0.0.0/8 or 127.0.0.1 (a single address)."""
+    found = []
+    for text_value in _strings(label, raw):
+        try:
+            found.append(ipaddress.ip_network(text_value, strict=False))
+        except ValueError:
+            raise ConfigError(f"{label} {text_value!r}: not an address or network (e.g. 10.0.0.0/8)") from None
+    return tuple(found)
+
+
 def parse_envvar(label: str, assignment: str) -> tuple[str, str]:
     """Split ``NAME=VALUE`` as given to ``--envvar``."""
     name, sep, value = assignment.partition("=")
@@ -362,6 +387,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("address", text, "0.0.0.0", "Address to listen on for HTTP.", scope=_SERVER),
     Setting("port", port, 3000, "Port to listen on for HTTP.", scope=_SERVER),
     Setting("max_pool_size", whole(1), 6, "Most processes to run, all apps together.", scope=_SERVER),
+    Setting("max_body_size", size, 1024**3, "Largest request body; a larger one gets 413 before any app process "
+            "sees it (k, m, g suffixes).", scope=_SERVER),
+    Setting("allow_underscore_headers", flag, False, "Pass request headers whose names contain '_' to apps "
+            "(dropped by default: they can spoof other headers, Passenger's CVE-2015-7519 rule).", scope=_SERVER,
+            is_flag=True),
+    Setting("trusted_proxies", networks, (), "A proxy (address or CIDR) in front of this server whose X-Forwarded-* "
+            "and Forwarded headers are kept and extended (repeatable). [default: none: clients' are replaced]",
+            scope=_SERVER, cli="trusted-proxy", repeatable=True),
+    Setting("show_version_in_header", flag, False, "Add X-Powered-By: passenger/VERSION to responses.",
+            scope=_SERVER, is_flag=True),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "
             "process leaves; then they get 504 and the process is stopped anyway.", scope=_SERVER),
 )

@@ -88,7 +88,7 @@ class PassengerService(Service):
                          drain_timeout=config.drain_timeout)
         for app in config.apps:
             self.pool.add(app)
-        self.front = FrontFactory(self._router(), reactor)
+        self.front = FrontFactory(self._router(), reactor, config)
         self.listeners = [strports.service(d, self.front, reactor=reactor) for d in self.config.listen]
 
     def _router(self) -> Router[Group]:
@@ -166,6 +166,7 @@ class PassengerService(Service):
             self.log.warn("Reload: the listen addresses changed; they take effect when the server restarts")
         self.config = attrs.evolve(new, listen=self.config.listen)
         self.front.router = self._router()
+        self.front.configure(self.config)
         pool.rebalance()
 
     def _reconfigure(self, group: Group, app: AppConfig, old: AppConfig) -> None:

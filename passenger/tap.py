@@ -74,6 +74,10 @@ class Options(usage.Options):
         """NAME=VALUE to set in the app's environment (repeatable)."""
         self["envvar"].append(assignment)
 
+    def opt_trusted_proxy(self, network: str) -> None:
+        """A proxy (address or CIDR) whose X-Forwarded-* and Forwarded headers are trusted and extended (repeatable)."""
+        self["trusted-proxy"].append(network)
+
     def opt_server_name(self, name: str) -> None:
         """Host name the app answers (repeatable; '*.example.com' and '*' allowed). [default: every host]"""
         self["server-name"].append(name)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import html
 
+from passenger.http.dates import date_line
+
 REASONS = {
     400: "Bad Request",
     404: "Not Found",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    505: "HTTP Version Not Supported",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -33,4 +40,4 @@ def page_response(status: int, body: bytes, content_type: str, keep_alive: bool)
         + ("" if keep_alive else "Connection: close\r\n")
         + "\r\n"
     ).encode("ascii")
-    return head + body
+    return head[:-2] + date_line() + b"\r\n" + body

@@ -14,6 +14,8 @@ connection's reads when the client is slow to take the response.
 from __future__ import annotations
 
 import collections
+import ipaddress
+import os
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -25,8 +27,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from passenger.http.errors import error_response, page_response
-from passenger.http.headers import REQUEST_DROPPED, connection_tokens
+from passenger import __version__
+from passenger.config import ServerConfig
+from passenger.http.errors import REASONS, error_response, page_response
+from passenger.http.headers import (
+    FORWARDED,
+    NAME_CHARS,
+    NAME_CHARS_UNDERSCORE,
+    REQUEST_DROPPED,
+    REQUEST_ID_CHARS,
+    connection_tokens,
+)
 from passenger.http.router import Router
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
 from passenger.pool.process import READY
@@ -43,6 +54,22 @@ PAUSED_WAITING = 4  # body buffered while the request waits for a process
 
 #: Body bytes held for a request that has no app connection yet.
 WAITING_BUFFER = 65536
+#: Limits of a request head (nginx's and HAProxy's order of magnitude).
+MAX_TARGET = 8192
+MAX_HEADER = 8192
+MAX_HEAD = 65536
+MAX_FIELDS = 100
+
+
+class Refused(Exception):
+    """Raised in a parser callback: the request is answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 #: Seconds a connection accepted just before a graceful stop gets to send its first request.
 SHUTDOWN_GRACE = 1.0
 #: Attempts to place a request when processes refuse connections.
@@ -56,14 +83,17 @@ class Request:
 
     __slots__ = (
         "body",
+        "body_size",
         "buffered",
         "chunked",
         "complete",
+        "expect_continue",
         "group",
         "has_body",
         "head",
         "headers",
         "host",
+        "id_line",
         "is_head",
         "keep_alive",
         "method",
@@ -86,12 +116,16 @@ class Request:
         self.head = b""
         self.host: bytes | None = None
         self.group: Group | None = None
-        #: Header lines the server adds to the response (the sticky-session cookie).
+        #: Header lines the server adds to the response (X-Request-Id, the sticky-session cookie).
         self.response_extra = b""
+        self.id_line = b""
         self.chunked = False
         self.has_body = False
         self.body: list[bytes] = []
         self.buffered = 0
+        self.body_size = 0
+        #: The client waits for "100 Continue" before it sends the body.
+        self.expect_continue = False
         self.complete = False
         self.sent = False
         self.tries = 0
@@ -119,7 +153,15 @@ class FrontProtocol(Protocol):
         self.responding = False
         self.broken = False
         self.peer = b""
+        #: The peer is a trusted proxy: its X-Forwarded-* headers are kept and extended.
+        self.trusted = False
+        self.local_port = b""
         self.scheme = b"http"
+        #: Bytes of the request head parsed so far (the limits of MAX_HEAD).
+        self.head_size = 0
+        #: Bytes read while the head was incomplete (bounds what the parser buffers).
+        self.head_reads = 0
+        self.in_head = False
         #: Requests begun on this connection.
         self.requests = 0
         self.grace: IDelayedCall | None = None
@@ -131,6 +173,9 @@ class FrontProtocol(Protocol):
         peer = transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             self.peer = peer.host.encode("ascii")
+            self.trusted = self.factory.trusts(peer.host)
+            host = transport.getHost()
+            self.local_port = str(getattr(host, "port", "")).encode("ascii")
             if hasattr(transport, "setTcpNoDelay"):
                 transport.setTcpNoDelay(True)
         if ISSLTransport.providedBy(transport):
@@ -178,28 +223,57 @@ class FrontProtocol(Protocol):
                 self._body_piece(request, rest)
             self.tunnel = True
         except HttpParserCallbackError as e:
-            # Our own bug, not the client's: log it loudly and close.
-            self.log.failure("Internal error while handling a request", Failure(e.__context__ or e))
-            self._bad_request("internal error", 500)
+            cause = e.__context__
+            if isinstance(cause, Refused):
+                self._refuse(cause.status, cause.detail)
+            else:  # our own bug, not the client's: log it loudly and close
+                self.log.failure("Internal error while handling a request", Failure(cause or e))
+                self._refuse(500, "The server failed to handle the request.")
         except HttpParserError as e:
-            self._bad_request(str(e))
+            self._refuse(400, "The request could not be understood.", str(e))
+        else:
+            if self.in_head:
+                # A head that never ends is refused before the parser buffers much of it.
+                self.head_reads += len(data)
+                if self.head_reads > MAX_HEAD + 65536:
+                    self._refuse(431, "The request head is larger than 64 KiB.")
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
         self.requests += 1
+        self.in_head = True
+        self.head_size = self.head_reads = 0
 
     def on_url(self, url: bytes) -> None:
-        self.parsing.url += url  # type: ignore[union-attr]
+        request = self.parsing
+        assert request is not None
+        request.url += url
+        if len(request.url) > MAX_TARGET:
+            raise Refused(414, "The request target is longer than 8 KiB.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.parsing.headers.append((name, value))  # type: ignore[union-attr]
+        request = self.parsing
+        assert request is not None
+        headers = request.headers
+        headers.append((name, value))
+        size = len(name) + len(value)
+        if size > MAX_HEADER:
+            raise Refused(431, "A request header is longer than 8 KiB.")
+        self.head_size += size + 4
+        if self.head_size > MAX_HEAD:
+            raise Refused(431, "The request head is larger than 64 KiB.")
+        if len(headers) > MAX_FIELDS:
+            raise Refused(431, f"The request has more than {MAX_FIELDS} header fields.")
 
     def on_headers_complete(self) -> None:
         request = self.parsing
         assert request is not None
         parser = self.parser
+        self.in_head = False
         request.method = method = parser.get_method()
-        request.version = parser.get_http_version()
+        request.version = version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Refused(505, f"HTTP/{version} is not supported; use HTTP/1.1.")
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         request.is_head = method == b"HEAD"
@@ -214,6 +288,9 @@ class FrontProtocol(Protocol):
     def on_body(self, data: bytes) -> None:
         request = self.parsing
         if request is not None:
+            request.body_size += len(data)
+            if request.body_size > self.factory.max_body_size:
+                raise Refused(413, "The request body is larger than this server accepts.")
             self._body_piece(request, data)
 
     def on_message_complete(self) -> None:
@@ -239,39 +316,92 @@ class FrontProtocol(Protocol):
             self._pause(PAUSED_WAITING)
 
     def _upstream_head(self, request: Request) -> bytes:
-        """The request head as the app will see it, built once."""
+        """The request head as the app will see it, built once; refuses what is ambiguous."""
+        factory = self.factory
         dropped = REQUEST_DROPPED
+        allowed_chars = factory.header_name_chars
+        trusted = self.trusted
         kept: list[tuple[bytes, bytes, bytes]] = []
         extra: set[bytes] | None = None
         length: bytes | None = None
         host: bytes | None = None
+        hosts = 0
         upgrade: bytes | None = None
+        codings: list[bytes] = []
+        expect: bytes | None = None
+        request_id: bytes | None = None
+        forwarded: dict[bytes, bytes] | None = None
         for name, value in request.headers:
             lname = name.lower()
             if lname in dropped:
                 if lname == b"content-length":
                     length = value
                 elif lname == b"transfer-encoding":
-                    request.chunked = True
+                    codings.append(value)
                 elif lname == b"connection":
                     tokens = connection_tokens(value)
                     extra = tokens if extra is None else extra | tokens
                 elif lname == b"upgrade":
                     upgrade = value
+                elif lname == b"expect":
+                    expect = value
+                elif lname == b"x-request-id":
+                    request_id = value
+                elif trusted and lname in FORWARDED:
+                    if forwarded is None:
+                        forwarded = {}
+                    forwarded[lname] = forwarded[lname] + b", " + value if lname in forwarded else value
                 continue
+            if name.translate(None, allowed_chars):
+                continue  # "_" or other characters that could pass for another header once normalised
             if lname == b"host":
                 host = value
+                hosts += 1
             kept.append((name, lname, value))
+        version = request.version
+        if hosts > 1:
+            raise Refused(400, "The request has more than one Host header.")
+        if hosts == 0 and version == "1.1":
+            raise Refused(400, "An HTTP/1.1 request must have a Host header.")
+        if codings:
+            if version == "1.0":
+                raise Refused(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request.")
+            if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
+                raise Refused(400, "Only Transfer-Encoding: chunked is accepted.")
+            request.chunked = True
+        elif length is not None and int(length) > factory.max_body_size:
+            raise Refused(413, "The request body is larger than this server accepts.")
+        if expect is not None:
+            if expect.strip().lower() != b"100-continue":
+                raise Refused(417, "Only Expect: 100-continue is supported.")
+            request.expect_continue = version == "1.1"
+        if request_id is None or not 0 < len(request_id) <= 200 or request_id.translate(None, REQUEST_ID_CHARS):
+            request_id = os.urandom(16).hex().encode("ascii")
+        request.response_extra = request.id_line = b"X-Request-Id: " + request_id + b"\r\n"
         parts = [request.method, b" ", request.url, b" HTTP/1.1\r\n"]
         for name, lname, value in kept:
             if extra is None or lname not in extra:
                 parts += (name, b": ", value, b"\r\n")
-        if self.peer:
-            parts += (b"X-Forwarded-For: ", self.peer, b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", self.scheme, b"\r\n")
+        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+        if forwarded is not None:  # a trusted proxy's: extended
+            chain = forwarded.get(b"x-forwarded-for")
+            parts += (b"X-Forwarded-For: ", chain + b", " + self.peer if chain else self.peer, b"\r\n",
+                      b"X-Forwarded-Proto: ", forwarded.get(b"x-forwarded-proto", self.scheme), b"\r\n")
+            if host is not None or b"x-forwarded-host" in forwarded:
+                parts += (b"X-Forwarded-Host: ", forwarded.get(b"x-forwarded-host", host or b""), b"\r\n")
+            parts += (b"X-Forwarded-Port: ", forwarded.get(b"x-forwarded-port", self.local_port), b"\r\n")
+            if b"forwarded" in forwarded:
+                parts += (b"Forwarded: ", forwarded[b"forwarded"], b", for=", self._forwarded_for(), b"\r\n")
+        else:
+            if self.peer:
+                parts += (b"X-Forwarded-For: ", self.peer, b"\r\n")
+            parts += (b"X-Forwarded-Proto: ", self.scheme, b"\r\n")
+            if host is not None:
+                parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+            if self.local_port:
+                parts += (b"X-Forwarded-Port: ", self.local_port, b"\r\n")
         if host is not None:
             request.host = host
-            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
         if request.upgrade and upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
         if request.chunked:
@@ -282,6 +412,10 @@ class FrontProtocol(Protocol):
             parts += (b"Content-Length: ", length, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
+
+    def _forwarded_for(self) -> bytes:
+        """The peer as a ``for=`` value of RFC 7239 (IPv6 quoted and bracketed)."""
+        return b'"[' + self.peer + b']"' if b":" in self.peer else self.peer
 
     # Placing the request on a process.
     def _start(self, request: Request) -> None:
@@ -310,8 +444,12 @@ class FrontProtocol(Protocol):
         app = self.group.app
         if app.max_request_time:
             self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
+        request = self.active
+        if request.expect_continue and not request.complete and not request.sent and self.transport is not None:
+            request.expect_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # now the body has somewhere to go
         if process.sticky_id is not None:
-            self.active.response_extra = b"Set-Cookie: %s=%d; Path=%s; %s\r\n" % (
+            request.response_extra = request.id_line + b"Set-Cookie: %s=%d; Path=%s; %s\r\n" % (
                 app.sticky_sessions_cookie_name.encode(), process.sticky_id, app.base_uri.encode(),
                 app.sticky_sessions_cookie_attributes.encode())
         idle = process.idle
@@ -544,15 +682,20 @@ class FrontProtocol(Protocol):
             transport.write(page_response(status, body, kind, keep_alive))
         self._next(request)
 
-    def _bad_request(self, why: str, status: int = 400) -> None:
-        """Unparseable input: answer 400 if we still can, and close."""
+    def _refuse(self, status: int, detail: str, why: str | None = None) -> None:
+        """A request that must not reach an app (unparseable, ambiguous, too large): answer ``status`` and close.
+
+        Nothing more is read from the connection: what follows could not be
+        framed with certainty.
+        """
         transport = self.transport
         self.broken = True
         self.closing = True
         self.pipeline.clear()
         if transport is None:
             return
-        self.log.info("Bad request from {peer}: {why}", peer=self.peer.decode(), why=why)
+        self.log.info("Refused a request from {peer} with {status}: {why}", peer=self.peer.decode(), status=status,
+                      why=why or detail)
         if self.active is not None and self.parsing is not self.active:
             return  # a later request is bad: answer the current one, then close
         if self.active is not None:
@@ -560,10 +703,7 @@ class FrontProtocol(Protocol):
                 transport.abortConnection()  # type: ignore[attr-defined]
                 return
             self._abandon()
-        if status == 400:
-            transport.write(error_response(400, "Bad Request", "The request could not be understood.", False))
-        else:
-            transport.write(error_response(status, "Internal Server Error", "The server failed to handle the request.", False))
+        transport.write(error_response(status, REASONS.get(status, "Error"), detail, False))
         transport.loseConnection()
 
     # Tunnels (Upgrade: websocket and friends).
@@ -640,11 +780,31 @@ class FrontFactory(Factory):
         """
         return [b"http/1.1"]
 
-    def __init__(self, router: Router[Group], reactor: Any) -> None:
+    def __init__(self, router: Router[Group], reactor: Any, config: ServerConfig | None = None) -> None:
         self.router = router
         self.reactor = reactor
         self.connections: set[FrontProtocol] = set()
         self._drained: list[Deferred[None]] = []
+        self.configure(config or ServerConfig(apps=()))
+
+    def configure(self, config: ServerConfig) -> None:
+        """The front end's share of the server config (at start and on reload)."""
+        self.max_body_size = config.max_body_size
+        self.header_name_chars = NAME_CHARS_UNDERSCORE if config.allow_underscore_headers else NAME_CHARS
+        self.trusted_proxies = config.trusted_proxies
+        #: Added to every proxied response (X-Powered-By when the version may be shown).
+        self.response_extra = (b"X-Powered-By: passenger/" + __version__.encode() + b"\r\n"
+                               if config.show_version_in_header else b"")
+
+    def trusts(self, address: str) -> bool:
+        """Is ``address`` one of the trusted proxies?"""
+        if not self.trusted_proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
 
     def buildProtocol(self, addr: object) -> FrontProtocol:
         return FrontProtocol(self)

@@ -19,11 +19,23 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: Request headers the client may not set: the server sets them from what it saw.
-FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+#: Request headers the client may not set: the server sets them from what it saw
+#: (a trusted proxy's are kept and extended).
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+                       b"forwarded"})
 
-REQUEST_DROPPED = HOP_BY_HOP | FORWARDED
+#: Request headers the server handles itself before passing (or replacing) them.
+SERVER_HANDLED = frozenset({b"expect", b"x-request-id"})
+
+REQUEST_DROPPED = HOP_BY_HOP | FORWARDED | SERVER_HANDLED
 RESPONSE_DROPPED = HOP_BY_HOP
+
+#: Characters of header names passed to apps: [A-Za-z0-9-] (Passenger drops others, CVE-2015-7519).
+NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+#: With --allow-underscore-headers.
+NAME_CHARS_UNDERSCORE = NAME_CHARS + b"_"
+#: Characters of an X-Request-Id that is kept (up to 200 of them).
+REQUEST_ID_CHARS = NAME_CHARS + b"._"
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from passenger.http.dates import date_line
 from passenger.http.headers import RESPONSE_DROPPED, connection_tokens
 
 if TYPE_CHECKING:
@@ -180,9 +181,12 @@ class UpstreamConnection(Protocol):
         length: bytes | None = None
         chunked = False
         kept: list[tuple[bytes, bytes, bytes]] = []
+        dated = False
         for name, value in self.headers:
             lname = name.lower()
-            if lname in dropped:
+            if lname == b"date":
+                dated = True
+            elif lname in dropped:
                 if lname == b"content-length":
                     length = value
                 elif lname == b"transfer-encoding":
@@ -197,6 +201,10 @@ class UpstreamConnection(Protocol):
                 parts += (name, b": ", value, b"\r\n")
         if request.response_extra:
             parts.append(request.response_extra)
+        if not dated:
+            parts.append(date_line())
+        if front.factory.response_extra:
+            parts.append(front.factory.response_extra)
         keep_alive = request.keep_alive and not front.closing
         if status == 101:
             self.mode = BODY_NONE
