@@ -257,13 +257,16 @@ class FrontProtocol(Protocol):
         headers = request.headers
         headers.append((name, value))
         size = len(name) + len(value)
+        self.head_size += size + 4
+        if size > MAX_HEADER or self.head_size > MAX_HEAD or len(headers) > MAX_FIELDS:
+            self._header_limit(size, len(headers))
+
+    def _header_limit(self, size: int, fields: int) -> None:
         if size > MAX_HEADER:
             raise Refused(431, "A request header is longer than 8 KiB.")
-        self.head_size += size + 4
-        if self.head_size > MAX_HEAD:
-            raise Refused(431, "The request head is larger than 64 KiB.")
-        if len(headers) > MAX_FIELDS:
+        if fields > MAX_FIELDS:
             raise Refused(431, f"The request has more than {MAX_FIELDS} header fields.")
+        raise Refused(431, "The request head is larger than 64 KiB.")
 
     def on_headers_complete(self) -> None:
         request = self.parsing
@@ -376,7 +379,7 @@ class FrontProtocol(Protocol):
                 raise Refused(417, "Only Expect: 100-continue is supported.")
             request.expect_continue = version == "1.1"
         if request_id is None or not 0 < len(request_id) <= 200 or request_id.translate(None, REQUEST_ID_CHARS):
-            request_id = os.urandom(16).hex().encode("ascii")
+            request_id = factory.new_request_id()
         request.response_extra = request.id_line = b"X-Request-Id: " + request_id + b"\r\n"
         parts = [request.method, b" ", request.url, b" HTTP/1.1\r\n"]
         for name, lname, value in kept:
@@ -785,6 +788,8 @@ class FrontFactory(Factory):
         self.reactor = reactor
         self.connections: set[FrontProtocol] = set()
         self._drained: list[Deferred[None]] = []
+        self._request_prefix = os.urandom(12).hex().encode("ascii")
+        self._request_count = 0
         self.configure(config or ServerConfig(apps=()))
 
     def configure(self, config: ServerConfig) -> None:
@@ -795,6 +800,11 @@ class FrontFactory(Factory):
         #: Added to every proxied response (X-Powered-By when the version may be shown).
         self.response_extra = (b"X-Powered-By: passenger/" + __version__.encode() + b"\r\n"
                                if config.show_version_in_header else b"")
+
+    def new_request_id(self) -> bytes:
+        """A request id unique to this server's life: a random prefix and a counter (no syscall per request)."""
+        self._request_count += 1
+        return b"%s%08x" % (self._request_prefix, self._request_count)
 
     def trusts(self, address: str) -> bool:
         """Is ``address`` one of the trusted proxies?"""
