@@ -109,3 +109,9 @@ class ServerConfig:
     #: Proxies whose forwarding headers are trusted (ip_network objects).
     trusted_proxies: tuple[Any, ...] = ()
     show_version_in_header: bool = False
+    #: Client deadlines, in seconds: the request head, a pause in a body, an idle keep-alive connection.
+    request_head_timeout: float = 30.0
+    request_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    #: Client connections open at once (0: no limit).
+    max_connections: int = 10000

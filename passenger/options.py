@@ -397,6 +397,13 @@ SETTINGS: tuple[Setting, ...] = (
             scope=_SERVER, cli="trusted-proxy", repeatable=True),
     Setting("show_version_in_header", flag, False, "Add X-Powered-By: passenger/VERSION to responses.",
             scope=_SERVER, is_flag=True),
+    Setting("request_head_timeout", seconds(), 30.0, "Seconds a client has to send a request head; then 408 and "
+            "the connection is closed (slowloris).", scope=_SERVER),
+    Setting("request_body_timeout", seconds(), 60.0, "Seconds a client may pause while sending a request body; "
+            "then 408 and the connection is closed.", scope=_SERVER),
+    Setting("keepalive_timeout", seconds(), 75.0, "Seconds an idle keep-alive connection is kept open.", scope=_SERVER),
+    Setting("max_connections", whole(), 10000, "Client connections open at once; more are closed at once "
+            "(0: no limit).", scope=_SERVER),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "
             "process leaves; then they get 504 and the process is stopped anyway.", scope=_SERVER),
 )

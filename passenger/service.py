@@ -237,6 +237,8 @@ class PassengerService(Service):
                     front.abort_all()
                 else:
                     timeout.cancel()
+        if front is not None:
+            front.stop_sweeping()
         if pool is not None:
             yield pool.stop()
         self.log.info("passenger stopped; every app process has exited")

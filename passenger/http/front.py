@@ -70,6 +70,8 @@ class Refused(Exception):
         self.detail = detail
 
 
+#: Seconds between two looks at the client deadlines.
+SWEEP_INTERVAL = 1.0
 #: Seconds a connection accepted just before a graceful stop gets to send its first request.
 SHUTDOWN_GRACE = 1.0
 #: Attempts to place a request when processes refuse connections.
@@ -157,6 +159,8 @@ class FrontProtocol(Protocol):
         self.trusted = False
         self.local_port = b""
         self.scheme = b"http"
+        #: When the client must have done its next step (FrontFactory's sweep closes it then); 0: no deadline.
+        self.deadline = 0.0
         #: Bytes of the request head parsed so far (the limits of MAX_HEAD).
         self.head_size = 0
         #: Bytes read while the head was incomplete (bounds what the parser buffers).
@@ -170,6 +174,8 @@ class FrontProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        factory = self.factory
+        self.deadline = factory.reactor.seconds() + factory.head_timeout
         peer = transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             self.peer = peer.host.encode("ascii")
@@ -243,6 +249,9 @@ class FrontProtocol(Protocol):
         self.requests += 1
         self.in_head = True
         self.head_size = self.head_reads = 0
+        if self.active is None:  # a new request after an idle keep-alive: its head has a deadline
+            factory = self.factory
+            self.deadline = factory.reactor.seconds() + factory.head_timeout
 
     def on_url(self, url: bytes) -> None:
         request = self.parsing
@@ -283,6 +292,9 @@ class FrontProtocol(Protocol):
         request.head = self._upstream_head(request)
         request.group = self.factory.router.route(request.host, request.url)
         if self.active is None:
+            # A body to read has a deadline for each pause; else the client waits for the answer.
+            factory = self.factory
+            self.deadline = factory.reactor.seconds() + factory.body_timeout if request.has_body else 0.0
             self._start(request)
         else:
             self.pipeline.append(request)
@@ -291,6 +303,8 @@ class FrontProtocol(Protocol):
     def on_body(self, data: bytes) -> None:
         request = self.parsing
         if request is not None:
+            if self.deadline:
+                self.deadline = self.factory.reactor.seconds() + self.factory.body_timeout
             request.body_size += len(data)
             if request.body_size > self.factory.max_body_size:
                 raise Refused(413, "The request body is larger than this server accepts.")
@@ -302,6 +316,8 @@ class FrontProtocol(Protocol):
             return
         self.parsing = None
         request.complete = True
+        if request is self.active:
+            self.deadline = 0.0  # the client has said everything; the app's turn
         if request.sent and request is self.active and self.upstream is not None:
             self.upstream.end_body(request)
         if request.upgrade:
@@ -660,10 +676,30 @@ class FrontProtocol(Protocol):
         if self.closing and not self.pipeline:
             self.transport.loseConnection()
             return
+        factory = self.factory
         if self.pipeline:
+            self.deadline = 0.0
             self._start(self.pipeline.popleft())
+        elif self.parsing is not None:  # the next request is on its way
+            self.deadline = factory.reactor.seconds() + factory.head_timeout
+        else:
+            self.deadline = factory.reactor.seconds() + factory.keepalive_timeout
         if not self.pipeline:
             self._resume(PAUSED_PIPELINE)
+
+    def timed_out(self) -> None:
+        """The deadline passed: an idle connection closes; a slow request head or body gets 408."""
+        self.deadline = 0.0
+        transport = self.transport
+        if transport is None or self.disconnected:
+            return
+        if self.paused:  # we are not reading (back-pressure): the client is not the slow one
+            self.deadline = self.factory.reactor.seconds() + self.factory.body_timeout
+            return
+        if self.parsing is None and self.active is None:
+            transport.loseConnection()  # idle keep-alive (or a client that never sent a byte)
+            return
+        self._refuse(408, "The client took too long to send its request.", "request head or body timeout")
 
     def _send_error(self, status: int, title: str, detail: str) -> None:
         self._send_page(status, None, title, detail)
@@ -774,6 +810,7 @@ class FrontFactory(Factory):
     """Builds a FrontProtocol per client connection and tracks them for shutdown."""
 
     noisy = False
+    log = Logger()
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN over ``ssl:`` listeners: we speak HTTP/1.1.
@@ -788,6 +825,8 @@ class FrontFactory(Factory):
         self.reactor = reactor
         self.connections: set[FrontProtocol] = set()
         self._drained: list[Deferred[None]] = []
+        self._sweep: Any = None
+        self._refused_logged = -1e9
         self._request_prefix = os.urandom(12).hex().encode("ascii")
         self._request_count = 0
         self.configure(config or ServerConfig(apps=()))
@@ -797,6 +836,10 @@ class FrontFactory(Factory):
         self.max_body_size = config.max_body_size
         self.header_name_chars = NAME_CHARS_UNDERSCORE if config.allow_underscore_headers else NAME_CHARS
         self.trusted_proxies = config.trusted_proxies
+        self.head_timeout = config.request_head_timeout
+        self.body_timeout = config.request_body_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        self.max_connections = config.max_connections
         #: Added to every proxied response (X-Powered-By when the version may be shown).
         self.response_extra = (b"X-Powered-By: passenger/" + __version__.encode() + b"\r\n"
                                if config.show_version_in_header else b"")
@@ -816,8 +859,35 @@ class FrontFactory(Factory):
             return False
         return any(ip in network for network in self.trusted_proxies)
 
-    def buildProtocol(self, addr: object) -> FrontProtocol:
+    def buildProtocol(self, addr: object) -> FrontProtocol | None:
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            now = self.reactor.seconds()
+            if now - self._refused_logged >= 10:  # a line every 10 s, not one per connection
+                self._refused_logged = now
+                self.log.warn("{count} client connections are open (max_connections); closing new ones",
+                              count=len(self.connections))
+            return None  # Twisted closes the connection at once
+        if self._sweep is None:
+            self._start_sweep()
         return FrontProtocol(self)
+
+    def _start_sweep(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = self.reactor
+        self._sweep.start(SWEEP_INTERVAL, now=False)
+
+    def sweep(self) -> None:
+        """Close the connections whose deadline passed (one pass a second beats a timer per read)."""
+        now = self.reactor.seconds()
+        for protocol in [p for p in self.connections if p.deadline and p.deadline <= now]:
+            protocol.timed_out()
+
+    def stop_sweeping(self) -> None:
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        self._sweep = None
 
     def connection_closed(self, protocol: FrontProtocol) -> None:
         self.connections.discard(protocol)

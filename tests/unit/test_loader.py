@@ -972,7 +972,8 @@ def test_every_app_setting_is_an_app_config_field_with_the_same_default() -> Non
 def test_server_settings() -> None:
     assert {s.key for s in SERVER_SETTINGS} == {"listen", "address", "port", "max_pool_size", "drain_timeout",
                                                 "max_body_size", "allow_underscore_headers", "trusted_proxies",
-                                                "show_version_in_header"}
+                                                "show_version_in_header", "request_head_timeout",
+                                                "request_body_timeout", "keepalive_timeout", "max_connections"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
