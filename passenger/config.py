@@ -115,3 +115,5 @@ class ServerConfig:
     keepalive_timeout: float = 75.0
     #: Client connections open at once (0: no limit).
     max_connections: int = 10000
+    #: The listen backlog of tcp:, ssl: and unix: endpoints (Passenger's socket_backlog).
+    socket_backlog: int = 2048

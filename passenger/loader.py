@@ -215,6 +215,17 @@ def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) 
     return config
 
 
+#: Endpoint types that take a backlog= argument.
+BACKLOG_ENDPOINTS = ("tcp:", "tcp6:", "ssl:", "unix:")
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """The endpoint with ``backlog=`` added, unless it has one (Twisted's default, 50, overflows under bursts)."""
+    if not description.lower().startswith(BACKLOG_ENDPOINTS) or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 def _default_listen(address: str, port: int) -> str:
     return f"tcp:{port}:interface={address.replace(':', chr(92) + ':')}"
 

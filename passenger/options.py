@@ -402,6 +402,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_body_timeout", seconds(), 60.0, "Seconds a client may pause while sending a request body; "
             "then 408 and the connection is closed.", scope=_SERVER),
     Setting("keepalive_timeout", seconds(), 75.0, "Seconds an idle keep-alive connection is kept open.", scope=_SERVER),
+    Setting("socket_backlog", whole(1), 2048, "Connections the kernel queues for the server to accept (listen "
+            "backlog; added to tcp:, ssl: and unix: endpoints that do not set backlog=).", scope=_SERVER),
     Setting("max_connections", whole(), 10000, "Client connections open at once; more are closed at once "
             "(0: no limit).", scope=_SERVER),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "

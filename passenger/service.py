@@ -30,6 +30,7 @@ from passenger import __version__
 from passenger.config import AppConfig, ConfigError, ServerConfig
 from passenger.http.front import FrontFactory
 from passenger.http.router import Router
+from passenger.loader import with_backlog
 from passenger.pool.group import Group
 from passenger.pool.metrics import ProcessMemory
 from passenger.pool.pool import Pool
@@ -89,7 +90,8 @@ class PassengerService(Service):
         for app in config.apps:
             self.pool.add(app)
         self.front = FrontFactory(self._router(), reactor, config)
-        self.listeners = [strports.service(d, self.front, reactor=reactor) for d in self.config.listen]
+        self.listeners = [strports.service(with_backlog(d, config.socket_backlog), self.front, reactor=reactor)
+                          for d in self.config.listen]
 
     def _router(self) -> Router[Group]:
         assert self.pool is not None

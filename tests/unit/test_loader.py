@@ -973,7 +973,8 @@ def test_server_settings() -> None:
     assert {s.key for s in SERVER_SETTINGS} == {"listen", "address", "port", "max_pool_size", "drain_timeout",
                                                 "max_body_size", "allow_underscore_headers", "trusted_proxies",
                                                 "show_version_in_header", "request_head_timeout",
-                                                "request_body_timeout", "keepalive_timeout", "max_connections"}
+                                                "request_body_timeout", "keepalive_timeout", "max_connections",
+                                                "socket_backlog"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
