@@ -40,6 +40,8 @@ class AppConfig:
     #: Host names (lower case; "*.example.com", "*") and the path prefix it answers.
     server_names: tuple[str, ...] = ()
     base_uri: str = "/"
+    #: Files the server serves itself (None: <root>/public if it exists; "": none).
+    static_files_dir: str | None = None
     min_instances: int = 1
     #: 0: only the pool's max_pool_size limits it.
     max_instances: int = 0

@@ -135,6 +135,13 @@ def directory(label: str, raw: object) -> str:
     return os.path.abspath(path)
 
 
+def path_or_off(label: str, raw: object) -> str:
+    """A path, or "" (or false) to switch the feature off."""
+    if raw is False or raw == "":
+        return ""
+    return text(label, raw)
+
+
 def writable_directory(label: str, raw: object) -> str:
     path = text(label, raw)
     if not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
@@ -325,6 +332,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server_names", server_names, (), "Host names this app answers (repeatable; '*.example.com' and '*' "
             "allowed). [default: every host]", cli="server-name", repeatable=True),
     Setting("base_uri", base_uri, "/", "Path prefix the app is mounted at (it gets PASSENGER_BASE_URI)."),
+    Setting("static_files_dir", path_or_off, None, "Directory of files the server serves itself for GET and HEAD, "
+            "relative to the app root; \"\" for none. [default: public, when it exists]"),
     # How many processes.
     Setting("min_instances", whole(), 1, "Processes of the app to keep running at all times."),
     Setting("max_instances", whole(), 0, "Most processes of the app (0: only --max-pool-size limits it)."),

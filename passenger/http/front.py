@@ -39,6 +39,7 @@ from passenger.http.headers import (
     connection_tokens,
 )
 from passenger.http.router import Router
+from passenger.http.static import StaticFile, StaticFiles
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
 from passenger.pool.process import READY
 from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
@@ -447,11 +448,41 @@ class FrontProtocol(Protocol):
             self._send_error(404, "Not Found", "No application is configured for this host and path.")
             return
         self.group = group
+        static = group.static
+        if static is not None:
+            found = static.find(request.method, request.url)
+            if found is not None:
+                self._serve_static(static, found, request)
+                return
         app = group.app
         sticky_id = self._sticky_id(request, app.sticky_sessions_cookie_name) if app.sticky_sessions else None
         process = group.checkout(self, sticky_id)
         if process is not None:
             self.deliver(process)
+
+    def _serve_static(self, static: StaticFiles, found: StaticFile, request: Request) -> None:
+        """A file of the app's public directory answers the request; no process is involved."""
+        transport = self.transport
+        if transport is None or self.disconnected:
+            return
+        request.keep_alive = (request.keep_alive and not self.closing
+                              and (request.complete or not request.has_body))
+        self.responding = True
+        sent = static.respond(found, request.method, request.headers, request.version, request.keep_alive,
+                              transport)  # type: ignore[arg-type]
+        sent.addCallbacks(lambda _: self._static_sent(request), self._static_failed)
+
+    def _static_sent(self, request: Request) -> None:
+        self.responding = False
+        if self.active is request:
+            self._next(request)
+
+    def _static_failed(self, reason: Failure) -> None:
+        """The client went away, or the file changed under us: the response cannot be finished."""
+        self.responding = False
+        self.active = None
+        if self.transport is not None and not self.disconnected:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def deliver(self, process: AppProcess) -> None:
         """Waiter: ``process`` will serve the active request."""

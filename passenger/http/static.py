@@ -352,18 +352,25 @@ class StaticFiles:
             else:
                 segments.append(segment)
         if not segments:
-            return self._lookup([b"index.html"])
+            found = self._lookup([b"index.html"])
+            return found if isinstance(found, StaticFile) else None
         if path.endswith((b"/", b"/.", b"/..")):
             found = self._lookup([*segments, b"index.html"])
         else:
             found = self._lookup(segments)
-        if found is None:
-            segments[-1] += b".html"
-            found = self._lookup(segments)
-        return found
+        if isinstance(found, StaticFile):
+            return found
+        if found < len(segments) - 1:
+            return None  # a directory on the way is missing: so is the page-cache file
+        segments[-1] += b".html"
+        found = self._lookup(segments)
+        return found if isinstance(found, StaticFile) else None
 
-    def _lookup(self, segments: list[bytes]) -> StaticFile | None:
-        """The regular file at ``segments`` under the directory, REFUSED if a symlink leads outside, or None."""
+    def _lookup(self, segments: list[bytes]) -> StaticFile | int:
+        """The regular file at ``segments`` under the directory, REFUSED if a symlink leads outside.
+
+        Otherwise the index of the first segment that is missing or of the wrong kind.
+        """
         path = self._root
         last = len(segments) - 1
         nofollow = True
@@ -372,21 +379,21 @@ class StaticFiles:
             try:
                 mode = os.lstat(path).st_mode
             except (OSError, ValueError):
-                return None
+                return i
             if stat.S_ISLNK(mode):
                 if not self._inside(os.path.realpath(path)):
                     return REFUSED
                 try:
                     mode = os.stat(path).st_mode
                 except (OSError, ValueError):
-                    return None
+                    return i
                 if i == last:
                     nofollow = False
             if i < last:
                 if not stat.S_ISDIR(mode):
-                    return None
+                    return i
             elif not stat.S_ISREG(mode):
-                return None
+                return i
         name = segments[-1]
         dot = name.rfind(b".")
         kind = self._types.get(name[dot:].lower(), DEFAULT_TYPE) if dot > 0 else DEFAULT_TYPE

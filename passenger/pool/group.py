@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from passenger.config import AppConfig
+from passenger.http.static import StaticFiles
 from passenger.pool.process import DEAD, READY, AppProcess
 from passenger.pool.routing import is_full, route
 from passenger.spawn.failure import minimal_report, save_failure
@@ -60,6 +61,14 @@ def app_fingerprint(root: str) -> tuple[int, ...]:
         except OSError:
             stamps.append(0)
     return tuple(stamps)
+
+
+def static_files(app: AppConfig, clock: Any) -> StaticFiles | None:
+    """The app's static-file server: ``static_files_dir`` (default ``public``) under its root, if it is a directory."""
+    if app.static_files_dir == "":
+        return None
+    directory = os.path.join(app.root, app.static_files_dir or "public")
+    return StaticFiles(directory, clock, app.base_uri) if os.path.isdir(directory) else None
 
 
 class Waiter(Protocol):
@@ -117,6 +126,8 @@ class Group:
         self._sticky_ids: dict[int, AppProcess] = {}
         #: The most processes this app can ever have (its max_instances, or the whole pool).
         self.most_processes = min(app.max_instances or pool.max_pool_size, pool.max_pool_size)
+        #: The app's static files, served by the front end without a process.
+        self.static = static_files(app, clock)
         #: Restarts: each makes a new generation; new processes carry it.
         self.generation = 0
         self.restarts = 0
@@ -174,6 +185,7 @@ class Group:
         """The pool's size, the drain timeout or this app's settings were reloaded."""
         self.most_processes = min(self.app.max_instances or self.pool.max_pool_size, self.pool.max_pool_size)
         self.drain_timeout = self.pool.drain_timeout
+        self.static = static_files(self.app, self._clock)
 
     @property
     def waiting(self) -> int:
