@@ -119,3 +119,5 @@ class ServerConfig:
     max_connections: int = 10000
     #: The listen backlog of tcp:, ssl: and unix: endpoints (Passenger's socket_backlog).
     socket_backlog: int = 2048
+    #: The access log: a path, "-" for standard output, "" for none.
+    access_log: str = ""

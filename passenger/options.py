@@ -415,6 +415,8 @@ SETTINGS: tuple[Setting, ...] = (
             "backlog; added to tcp:, ssl: and unix: endpoints that do not set backlog=).", scope=_SERVER),
     Setting("max_connections", whole(), 10000, "Client connections open at once; more are closed at once "
             "(0: no limit).", scope=_SERVER),
+    Setting("access_log", path_or_off, "", "Where to log each request (combined format, request id, upstream "
+            "time): a file, or - for standard output. [default: no access log]", scope=_SERVER),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "
             "process leaves; then they get 504 and the process is stopped anyway.", scope=_SERVER),
 )

@@ -182,6 +182,10 @@ class PassengerService(Service):
         group.restart(reason="its settings changed")
 
     def reopen_logs(self) -> None:
+        """Reopen the server's log file and the access log (logrotate moved them)."""
+        if self.front is not None and self.front.access_log is not None:
+            self.front.access_log.reopen()
+            self.log.info("Reopened the access log {path}", path=self.front.access_log.path)
         if self._log_file is None:
             self.log.info("USR1: no log file to reopen (logging to a terminal or syslog)")
             return

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from passenger import __version__
 from passenger.config import ServerConfig
+from passenger.http.access_log import AccessLog
 from passenger.http.errors import REASONS, error_response, page_response
 from passenger.http.headers import (
     FORWARDED,
@@ -160,6 +161,10 @@ class FrontProtocol(Protocol):
         self.trusted = False
         self.local_port = b""
         self.scheme = b"http"
+        #: The response in progress, for the access log: its status, body bytes sent, when a process got it.
+        self.status = 0
+        self.sent = 0
+        self.upstream_at: float | None = None
         #: When the client must have done its next step (FrontFactory's sweep closes it then); 0: no deadline.
         self.deadline = 0.0
         #: Bytes of the request head parsed so far (the limits of MAX_HEAD).
@@ -468,6 +473,7 @@ class FrontProtocol(Protocol):
         request.keep_alive = (request.keep_alive and not self.closing
                               and (request.complete or not request.has_body))
         self.responding = True
+        self.status = found.status
         sent = static.respond(found, request.method, request.headers, request.version, request.keep_alive,
                               transport)  # type: ignore[arg-type]
         sent.addCallbacks(lambda _: self._static_sent(request), self._static_failed)
@@ -491,6 +497,8 @@ class FrontProtocol(Protocol):
             return
         self._resume(PAUSED_WAITING)
         self.process = process
+        if self.factory.access_log is not None:
+            self.upstream_at = self.factory.reactor.seconds()
         app = self.group.app
         if app.max_request_time:
             self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
@@ -698,6 +706,11 @@ class FrontProtocol(Protocol):
     def _next(self, finished: Request | None) -> None:
         """The active request is answered: close, or go on with the next one."""
         self.active = None
+        access_log = self.factory.access_log
+        if access_log is not None and finished is not None:
+            self._log_access(access_log, finished)
+        self.status = self.sent = 0
+        self.upstream_at = None
         if self.disconnected or self.transport is None:
             return
         if finished is not None and not finished.keep_alive:
@@ -717,6 +730,19 @@ class FrontProtocol(Protocol):
             self.deadline = factory.reactor.seconds() + factory.keepalive_timeout
         if not self.pipeline:
             self._resume(PAUSED_PIPELINE)
+
+    def _log_access(self, access_log: AccessLog, request: Request) -> None:
+        referer = agent = None
+        for name, value in request.headers:
+            lname = name.lower()
+            if lname == b"referer":
+                referer = value
+            elif lname == b"user-agent":
+                agent = value
+        upstream_at = self.upstream_at
+        upstream = None if upstream_at is None else self.factory.reactor.seconds() - upstream_at
+        access_log.log(self.peer, request.method, request.url, request.version, self.status, self.sent, referer,
+                       agent, request.id_line[14:-2], upstream)
 
     def timed_out(self) -> None:
         """The deadline passed: an idle connection closes; a slow request head or body gets 408."""
@@ -746,6 +772,7 @@ class FrontProtocol(Protocol):
                       and (request.complete or not request.has_body))
         if request is not None:
             request.keep_alive = keep_alive
+        self.status = status
         if body is None:
             transport.write(error_response(status, kind, detail, keep_alive))
         else:
@@ -857,6 +884,7 @@ class FrontFactory(Factory):
         self.connections: set[FrontProtocol] = set()
         self._drained: list[Deferred[None]] = []
         self._sweep: Any = None
+        self.access_log: AccessLog | None = None
         self._refused_logged = -1e9
         self._request_prefix = os.urandom(12).hex().encode("ascii")
         self._request_count = 0
@@ -871,6 +899,11 @@ class FrontFactory(Factory):
         self.body_timeout = config.request_body_timeout
         self.keepalive_timeout = config.keepalive_timeout
         self.max_connections = config.max_connections
+        if self.access_log is not None and self.access_log.path != config.access_log:
+            self.access_log.close()
+            self.access_log = None
+        if config.access_log and self.access_log is None:
+            self.access_log = AccessLog(config.access_log, self.reactor)
         #: Added to every proxied response (X-Powered-By when the version may be shown).
         self.response_extra = (b"X-Powered-By: passenger/" + __version__.encode() + b"\r\n"
                                if config.show_version_in_header else b"")
@@ -916,9 +949,13 @@ class FrontFactory(Factory):
             protocol.timed_out()
 
     def stop_sweeping(self) -> None:
+        """The server stops: no more deadlines, and the access log is flushed and closed."""
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
         self._sweep = None
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
 
     def connection_closed(self, protocol: FrontProtocol) -> None:
         self.connections.discard(protocol)

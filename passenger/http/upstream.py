@@ -213,6 +213,7 @@ class UpstreamConnection(Protocol):
                 if name.lower() == b"upgrade":
                     parts += (b"Upgrade: ", value, b"\r\n")
             parts.append(b"\r\n")
+            front.status = status
             front.begin_response(self, parts, BODY_NONE, True)
             return
         if request.is_head or status in _NO_BODY_STATUS:
@@ -239,6 +240,7 @@ class UpstreamConnection(Protocol):
             parts.append(b"Connection: keep-alive\r\n\r\n")
         else:
             parts.append(b"\r\n")
+        front.status = status
         front.begin_response(self, parts, self.mode, keep_alive)
         if self.mode == BODY_NONE and status != 101:
             self._complete()
@@ -250,6 +252,7 @@ class UpstreamConnection(Protocol):
         transport = front.transport
         if transport is None:
             return
+        front.sent += len(data)
         if self.mode == BODY_CHUNKED:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
