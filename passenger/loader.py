@@ -207,8 +207,11 @@ def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) 
         server_file = Layer({k: v for k, v in server_file.values.items() if k != "listen"}, server_file.label)
     server_layers = [server_file, server_cli]
     server = _resolve(SERVER_SETTINGS, server_layers)
-    listen = server["listen"] or (_default_listen(server["address"], server["port"]),)
-    server.pop("address"), server.pop("port")
+    plain_http = not server["ssl"] or server["ssl_port"] is not None
+    listen = server["listen"] or ((_default_listen(server["address"], server["port"]),) if plain_http else ())
+    listen = (*listen, *_tls_listeners(server, _labeller(server_layers, server_cli)))
+    for key in ("address", "port", "ssl", "ssl_certificate", "ssl_certificate_key", "ssl_port"):
+        server.pop(key)
     server["listen"] = listen
     config = ServerConfig(apps=tuple(app for app, _ in built), **server)
     check_apps_together(config, _labeller(server_layers, server_cli), [label for _, label in built], config_path)
@@ -224,6 +227,31 @@ def with_backlog(description: str, backlog: int) -> str:
     if not description.lower().startswith(BACKLOG_ENDPOINTS) or "backlog=" in description:
         return description
     return f"{description}:backlog={backlog}"
+
+
+def _tls_listeners(server: dict[str, Any], label: Labeller) -> tuple[str, ...]:
+    """Passenger's --ssl options as an ssl: endpoint (pyOpenSSL, Twisted's secure defaults)."""
+    if not server["ssl"]:
+        for key in ("ssl_certificate", "ssl_certificate_key", "ssl_port"):
+            if server[key] is not None:
+                raise ConfigError(f"{label(key)} needs {label('ssl')}")
+        return ()
+    files = []
+    for key in ("ssl_certificate", "ssl_certificate_key"):
+        path = server[key]
+        if path is None:
+            raise ConfigError(f"{label('ssl')} needs {label(key)}")
+        try:
+            with open(path, "rb") as f:
+                if b"-----BEGIN" not in f.read(1024 * 1024):
+                    raise ConfigError(f"{label(key)} {path!r}: not a PEM file")
+        except OSError as e:
+            raise ConfigError(f"{label(key)} {path!r}: {e.strerror}") from None
+        files.append(os.path.abspath(path).replace(":", "\\:"))
+    cert, key_file = files
+    port = server["ssl_port"] if server["ssl_port"] is not None else server["port"]
+    address = server["address"].replace(":", "\\:")
+    return (f"ssl:{port}:privateKey={key_file}:certKey={cert}:interface={address}",)
 
 
 def _default_listen(address: str, port: int) -> str:

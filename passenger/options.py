@@ -395,6 +395,11 @@ SETTINGS: tuple[Setting, ...] = (
             repeatable=True),
     Setting("address", text, "0.0.0.0", "Address to listen on for HTTP.", scope=_SERVER),
     Setting("port", port, 3000, "Port to listen on for HTTP.", scope=_SERVER),
+    Setting("ssl", flag, False, "Serve HTTPS on --address/--port (or on --ssl-port, HTTP staying on --port) with "
+            "--ssl-certificate and --ssl-certificate-key.", scope=_SERVER, is_flag=True),
+    Setting("ssl_certificate", text, None, "PEM file: the server's certificate, then its chain.", scope=_SERVER),
+    Setting("ssl_certificate_key", text, None, "PEM file: the certificate's private key.", scope=_SERVER),
+    Setting("ssl_port", port, None, "Serve HTTPS on this port as well as HTTP on --port.", scope=_SERVER),
     Setting("max_pool_size", whole(1), 6, "Most processes to run, all apps together.", scope=_SERVER),
     Setting("max_body_size", size, 1024**3, "Largest request body; a larger one gets 413 before any app process "
             "sees it (k, m, g suffixes).", scope=_SERVER),
