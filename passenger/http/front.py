@@ -33,6 +33,7 @@ from passenger.http.access_log import AccessLog
 from passenger.http.errors import REASONS, error_response, page_response
 from passenger.http.headers import (
     FORWARDED,
+    HOST_CHARS,
     NAME_CHARS,
     NAME_CHARS_UNDERSCORE,
     REQUEST_DROPPED,
@@ -160,6 +161,8 @@ class FrontProtocol(Protocol):
         #: The peer is a trusted proxy: its X-Forwarded-* headers are kept and extended.
         self.trusted = False
         self.local_port = b""
+        #: host:port the client connected to (the Host of an HTTP/1.0 request that has none).
+        self.local_address = b"localhost"
         self.scheme = b"http"
         #: The response in progress, for the access log: its status, body bytes sent, when a process got it.
         self.status = 0
@@ -169,9 +172,11 @@ class FrontProtocol(Protocol):
         self.deadline = 0.0
         #: Bytes of the request head parsed so far (the limits of MAX_HEAD).
         self.head_size = 0
-        #: Bytes read while the head was incomplete (bounds what the parser buffers).
-        self.head_reads = 0
+        #: Bytes of the head received but not yet parsed into a header (the line in progress).
+        self.line_pending = 0
         self.in_head = False
+        #: Requests completely received on this connection.
+        self.completed = 0
         #: Requests begun on this connection.
         self.requests = 0
         self.grace: IDelayedCall | None = None
@@ -188,6 +193,8 @@ class FrontProtocol(Protocol):
             self.trusted = self.factory.trusts(peer.host)
             host = transport.getHost()
             self.local_port = str(getattr(host, "port", "")).encode("ascii")
+            address = getattr(host, "host", "localhost")
+            self.local_address = (f"[{address}]" if ":" in address else address).encode("ascii") + b":" + self.local_port
             if hasattr(transport, "setTcpNoDelay"):
                 transport.setTcpNoDelay(True)
         if ISSLTransport.providedBy(transport):
@@ -226,6 +233,7 @@ class FrontProtocol(Protocol):
             return
         if self.broken:
             return
+        was_in_head, size_before, done_before = self.in_head, self.head_size, self.completed
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -242,19 +250,23 @@ class FrontProtocol(Protocol):
                 self.log.failure("Internal error while handling a request", Failure(cause or e))
                 self._refuse(500, "The server failed to handle the request.")
         except HttpParserError as e:
-            self._refuse(400, "The request could not be understood.", str(e))
+            if "HTTP version" in str(e):
+                self._refuse(505, "Only HTTP/1.0 and HTTP/1.1 are supported.", str(e))
+            else:
+                self._refuse(400, "The request could not be understood.", str(e))
         else:
-            if self.in_head:
-                # A head that never ends is refused before the parser buffers much of it.
-                self.head_reads += len(data)
-                if self.head_reads > MAX_HEAD + 65536:
-                    self._refuse(431, "The request head is larger than 64 KiB.")
+            if self.in_head and (was_in_head or self.completed == done_before):
+                # All of this read is head.  What the callbacks have not accounted for yet is
+                # the line being received: the parser buffers it, so it is limited now.
+                self.line_pending += len(data) - (self.head_size - (size_before if was_in_head else 0))
+                if self.line_pending > MAX_HEADER + 512:
+                    self._refuse(431, "A request header (or the request line) is longer than 8 KiB.")
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
         self.requests += 1
         self.in_head = True
-        self.head_size = self.head_reads = 0
+        self.head_size = self.line_pending = 0
         if self.active is None:  # a new request after an idle keep-alive: its head has a deadline
             factory = self.factory
             self.deadline = factory.reactor.seconds() + factory.head_timeout
@@ -263,6 +275,7 @@ class FrontProtocol(Protocol):
         request = self.parsing
         assert request is not None
         request.url += url
+        self.head_size += len(url)
         if len(request.url) > MAX_TARGET:
             raise Refused(414, "The request target is longer than 8 KiB.")
 
@@ -321,6 +334,7 @@ class FrontProtocol(Protocol):
         if request is None:
             return
         self.parsing = None
+        self.completed += 1
         request.complete = True
         if request is self.active:
             self.deadline = 0.0  # the client has said everything; the app's turn
@@ -386,8 +400,12 @@ class FrontProtocol(Protocol):
         version = request.version
         if hosts > 1:
             raise Refused(400, "The request has more than one Host header.")
-        if hosts == 0 and version == "1.1":
-            raise Refused(400, "An HTTP/1.1 request must have a Host header.")
+        if host is None:
+            if version == "1.1":
+                raise Refused(400, "An HTTP/1.1 request must have a Host header.")
+            kept.append((b"Host", b"host", self.local_address))  # HTTP/1.0: the app gets HTTP/1.1, which needs one
+        elif not host or host.translate(None, HOST_CHARS):
+            raise Refused(400, "The Host header is not a host name.")
         if codings:
             if version == "1.0":
                 raise Refused(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request.")

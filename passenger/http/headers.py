@@ -34,6 +34,8 @@ RESPONSE_DROPPED = HOP_BY_HOP
 NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 #: With --allow-underscore-headers.
 NAME_CHARS_UNDERSCORE = NAME_CHARS + b"_"
+#: Characters of a Host header: a reg-name, an IPv4 or [IPv6] literal, and a port (RFC 3986 section 3.2.2).
+HOST_CHARS = NAME_CHARS + b"._~!$&'()*+,;=:[]%"
 #: Characters of an X-Request-Id that is kept (up to 200 of them).
 REQUEST_ID_CHARS = NAME_CHARS + b"._"
 
