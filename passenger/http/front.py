@@ -684,15 +684,21 @@ class FrontProtocol(Protocol):
         return None
 
     # Writing the response.
-    def begin_response(self, upstream: UpstreamConnection, head: list[bytes], mode: int, keep_alive: bool) -> None:
+    def begin_response(self, upstream: UpstreamConnection, mode: int, keep_alive: bool) -> None:
+        """The app's response head is parsed (the upstream connection writes it)."""
         request = self.active
         transport: Any = self.transport
         if request is None or transport is None:
             return
         request.keep_alive = keep_alive
         self.responding = True
-        transport.writeSequence(head)
         transport.registerProducer(upstream.transport, True)
+
+    def unbegin_response(self) -> None:
+        """The response turned out broken before any of it was written."""
+        if self.responding and self.transport is not None:
+            self.responding = False
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def end_response(self, upstream: UpstreamConnection, reusable: bool) -> None:
         request = self.active

@@ -53,6 +53,11 @@ class UpstreamConnection(Protocol):
         self.closed = False
         #: The app gave neither a length nor chunking: its body ends when it closes.
         self.until_close = False
+        #: What this read of the app's bytes has for the client: written once the whole read
+        #: has parsed (one write per read, and nothing of a response that turns out broken).
+        self.out: list[bytes] | None = None
+        #: The response head is in ``out``, not yet written.
+        self.head_unsent = False
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -144,15 +149,41 @@ class UpstreamConnection(Protocol):
                 front.transport.write(data)
             return
         self.answered = True
+        self.out = []
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as e:
+            self._flush()
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
+            self.out = None
             self._bad_response(str(e))
+            return
+        else:
+            self._flush()
+        self.out = None
         if self.reset_parser:
             self.reset_parser = False
             self.parser = HttpResponseParser(self)
+
+    def _emit(self, *pieces: bytes) -> None:
+        """Bytes for the client: kept until the read is parsed, or written now outside a read."""
+        out = self.out
+        if out is not None:
+            out.extend(pieces)
+            return
+        front = self.front
+        if front is not None and front.transport is not None:
+            front.transport.writeSequence(pieces)
+
+    def _flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            self.head_unsent = False
+            front = self.front
+            if front is not None and front.transport is not None:
+                front.transport.writeSequence(out)
 
     def on_message_begin(self) -> None:
         self.headers = []
@@ -173,7 +204,7 @@ class UpstreamConnection(Protocol):
         if status < 200 and status != 101:
             self.interim = True
             if request.version != "1.0":
-                front.transport.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))  # type: ignore[union-attr]
+                self._emit(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
             return
         self.head_done = True
         dropped = RESPONSE_DROPPED
@@ -214,7 +245,10 @@ class UpstreamConnection(Protocol):
                     parts += (b"Upgrade: ", value, b"\r\n")
             parts.append(b"\r\n")
             front.status = status
-            front.begin_response(self, parts, BODY_NONE, True)
+            front.begin_response(self, BODY_NONE, True)
+            self._flush()
+            self._emit(*parts)
+            self._flush()
             return
         if request.is_head or status in _NO_BODY_STATUS:
             self.mode = BODY_NONE
@@ -241,7 +275,9 @@ class UpstreamConnection(Protocol):
         else:
             parts.append(b"\r\n")
         front.status = status
-        front.begin_response(self, parts, self.mode, keep_alive)
+        front.begin_response(self, self.mode, keep_alive)
+        self._emit(*parts)
+        self.head_unsent = self.out is not None
         if self.mode == BODY_NONE and status != 101:
             self._complete()
 
@@ -254,9 +290,9 @@ class UpstreamConnection(Protocol):
             return
         front.sent += len(data)
         if self.mode == BODY_CHUNKED:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._emit(b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            transport.write(data)
+            self._emit(data)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -269,8 +305,9 @@ class UpstreamConnection(Protocol):
         front = self.front
         if front is None:
             return
-        if self.mode == BODY_CHUNKED and front.transport is not None:
-            front.transport.write(_CHUNK_END)
+        if self.mode == BODY_CHUNKED:
+            self._emit(_CHUNK_END)
+        self._flush()  # before the front end answers anything else on the connection
         self.head_done = False
         self.until_close = False
         if reusable is None:
@@ -289,6 +326,9 @@ class UpstreamConnection(Protocol):
     def _bad_response(self, why: str) -> None:
         front = self.front
         if front is not None:
+            if self.head_unsent:  # nothing of this response reached the client: it can still get a 502
+                self.head_unsent = False
+                front.unbegin_response()
             front.bad_response(self, why)
         self.front = None
         if self.transport is not None:

@@ -43,10 +43,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
 # Cases the server does not handle yet (id -> what happens instead).  Strict xfails.
 # --------------------------------------------------------------------------------------
 
-PENDING: dict[str, str] = {
-    "broken-response/bad-chunk": "no status at all: the client connection is reset (the broken body is not "
-                                 "relayed, but there is no 502)",
-}
+PENDING: dict[str, str] = {}
 
 
 def cases(group: str, items: list[tuple[Any, ...]]) -> list[Any]:
