@@ -934,8 +934,8 @@ class FrontFactory(Factory):
 
     def new_request_id(self) -> bytes:
         """A request id unique to this server's life: a random prefix and a counter (no syscall per request)."""
-        self._request_count += 1
-        return b"%s%08x" % (self._request_prefix, self._request_count)
+        self._request_count = count = self._request_count + 1
+        return self._request_prefix + hex(count).encode()
 
     def trusts(self, address: str) -> bool:
         """Is ``address`` one of the trusted proxies?"""

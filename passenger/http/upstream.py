@@ -276,7 +276,7 @@ class UpstreamConnection(Protocol):
             parts.append(b"\r\n")
         front.status = status
         front.begin_response(self, self.mode, keep_alive)
-        self._emit(*parts)
+        self._emit(b"".join(parts))  # one piece: Twisted checks each piece of a writeSequence in Python
         self.head_unsent = self.out is not None
         if self.mode == BODY_NONE and status != 101:
             self._complete()
