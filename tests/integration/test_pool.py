@@ -22,13 +22,13 @@ import collections
 import http.client
 import json
 import re
-import textwrap
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.integration.config_files import q, spawned_by_app, write_toml
 from tests.integration.conftest import (
     APP_PYTHON,
     APPS,
@@ -47,17 +47,6 @@ NOT_FOUND_DETAIL = b"No application is configured for this host and path."
 
 
 # Small helpers.
-
-def q(value: object) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(str(value))
-
-
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "passenger.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
 
 @dataclass
 class Reply:
@@ -96,14 +85,6 @@ def fetch(server: Server, path: str, host: str | None = None, headers: dict[str,
                  response.msg.get_all("Set-Cookie") or [], body, time.monotonic() - started)
 
 
-def spawned_by_app(server: Server) -> dict[str, list[int]]:
-    """The pids the server spawned, by app name, in spawn order."""
-    result: dict[str, list[int]] = collections.defaultdict(list)
-    for pid, app in re.findall(r"Spawning process (\d+) of (\S+)", server.log()):
-        result[app].append(int(pid))
-    return dict(result)
-
-
 def listening(server: Server) -> Server:
     """A server started with ready=0 once it accepts connections."""
     server.wait_log(r"passenger \S+ serving")
@@ -114,7 +95,7 @@ def listening(server: Server) -> Server:
 
 def test_config_file_apps_routed_by_host_and_wildcard(serve: Serve, tmp_path: Path) -> None:
     # One process each: an app of unknown concurrency grows when its process is busy.
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         min_instances = 1
         max_instances = 1
 
@@ -133,7 +114,7 @@ def test_config_file_apps_routed_by_host_and_wildcard(serve: Serve, tmp_path: Pa
         envvars = {{ GREETING = "hello from wild" }}
         """)
     server = serve(["--config", str(config)], ready=2)
-    pids = spawned_by_app(server)
+    pids = spawned_by_app(server.log())
     assert sorted(pids) == ["alpha", "wild"] and all(len(p) == 1 for p in pids.values()), pids
 
     cases = [
@@ -163,11 +144,11 @@ def test_config_file_apps_routed_by_host_and_wildcard(serve: Serve, tmp_path: Pa
         assert NOT_FOUND_DETAIL in reply.body, reply.body
         assert reply.pid is None, f"an app answered {host}: {reply}"
         assert reply.headers["content-type"].startswith("text/html")
-    assert spawned_by_app(server) == pids, "a request for an unknown host spawned a process"
+    assert spawned_by_app(server.log()) == pids, "a request for an unknown host spawned a process"
 
 
 def test_config_file_apps_routed_by_base_uri_and_command_line_overrides_file(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         min_instances = 1
         max_pool_size = 3
 
@@ -188,7 +169,7 @@ def test_config_file_apps_routed_by_base_uri_and_command_line_overrides_file(ser
     # The command line wins over the file's top level and over its [[app]] tables:
     # two processes each (the file says one), which needs a pool of 4 (the file says 3).
     server = serve(["--config", str(config), "--min-instances", "2", "--max-pool-size", "4"], ready=4)
-    pids = spawned_by_app(server)
+    pids = spawned_by_app(server.log())
     assert {app: len(p) for app, p in pids.items()} == {"site": 2, "api": 2}, pids
 
     site = fetch(server, "/echo")
@@ -264,7 +245,7 @@ def test_concurrency_one_two_processes_serve_a_burst_one_at_a_time_at_full_rate(
     # echo_app is threaded, so if the server ever sent a process a second request
     # while it had one, the app would see it (X-In-Flight: 2) instead of hiding it
     # in its accept queue.
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         max_pool_size = 2
 
         [[app]]
@@ -307,7 +288,7 @@ def test_concurrency_one_two_processes_serve_a_burst_one_at_a_time_at_full_rate(
 # 3. Recycling with max_requests under load.
 
 def test_max_requests_recycles_processes_under_load_without_failures(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         max_requests = 5
 
         [[app]]
@@ -363,7 +344,7 @@ def test_max_requests_recycles_processes_under_load_without_failures(serve: Serv
 # 4. Eviction: a full pool makes room for another app by stopping an idle process.
 
 def test_full_pool_evicts_another_apps_idle_process(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         max_pool_size = 1
         min_instances = 0
 
@@ -385,14 +366,14 @@ def test_full_pool_evicts_another_apps_idle_process(serve: Serve, tmp_path: Path
     first = fetch(server, "/a/pid")
     assert first.status == 200, first
     a_pid = first.pid
-    assert a_pid is not None and spawned_by_app(server) == {"aaa": [a_pid]}
+    assert a_pid is not None and spawned_by_app(server.log()) == {"aaa": [a_pid]}
     assert fetch(server, "/a/pid").pid == a_pid  # its process stays while nobody needs the room
 
     second = fetch(server, "/b/pid")
     assert second.status == 200, second
     b_pid = second.pid
     assert b_pid is not None and b_pid != a_pid
-    assert spawned_by_app(server) == {"aaa": [a_pid], "bbb": [b_pid]}
+    assert spawned_by_app(server.log()) == {"aaa": [a_pid], "bbb": [b_pid]}
     server.wait_log(rf"Stopping idle process {a_pid} of aaa to make room for another app")
     wait_for(lambda: not pid_exists(a_pid), 10, what=f"aaa's process {a_pid} to exit")
     log = server.log()
@@ -469,7 +450,7 @@ def route_cookie(reply: Reply) -> str:
 
 
 def test_sticky_sessions_send_a_client_back_to_its_process(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         max_pool_size = 2
 
         [[app]]
@@ -517,7 +498,7 @@ def test_sticky_sessions_send_a_client_back_to_its_process(serve: Serve, tmp_pat
 # 8. Memory limit and idle time, end to end (real RSS read by psutil; the real clock).
 
 def test_a_process_above_its_memory_limit_is_replaced(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         [[app]]
         name = "hungry"
         root = {q(APPS)}
@@ -535,7 +516,7 @@ def test_a_process_above_its_memory_limit_is_replaced(serve: Serve, tmp_path: Pa
 
 
 def test_processes_idle_for_pool_idle_time_stop_down_to_min_instances(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path, f"""
+    config = write_toml(tmp_path, f"""
         [[app]]
         name = "idler"
         root = {q(APPS)}
@@ -546,7 +527,7 @@ def test_processes_idle_for_pool_idle_time_stop_down_to_min_instances(serve: Ser
         """)
     server = serve(["--config", str(config)], ready=1)
     burst(server, 3, "/sleep?ms=300")  # three at once, one each: the pool grows past min_instances
-    grown = spawned_by_app(server)["idler"]
+    grown = spawned_by_app(server.log())["idler"]
     assert len(grown) >= 3
     server.wait_log(r"was idle for \d+s \(pool_idle_time\); stopping it", count=len(grown) - 1, timeout=15)
     wait_for(lambda: sum(pid_exists(pid) for pid in grown) == 1, timeout=15, what="all but one to exit")

@@ -18,7 +18,6 @@ a process to be gone, or for the load loop to have seen enough answers.
 
 from __future__ import annotations
 
-import collections
 import configparser
 import http.client
 import json
@@ -29,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import textwrap
 import threading
 import time
 import tomllib
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.config_files import q, spawned_by_app, write_toml
 from tests.integration.conftest import (
     APP_PYTHON,
     APPS,
@@ -63,16 +62,6 @@ NOT_FOUND_DETAIL = b"No application is configured for this host and path."
 
 
 # Small helpers.
-
-def q(value: object) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
-
 
 @dataclass
 class Reply:
@@ -104,14 +93,6 @@ def fetch(port: int, path: str, host: str | None = None, timeout: float = 10.0) 
     finally:
         connection.close()
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
-
-
-def spawned_by_app(log: str) -> dict[str, list[int]]:
-    """The pids the server spawned, by app name, in spawn order."""
-    result: dict[str, list[int]] = collections.defaultdict(list)
-    for pid, app in re.findall(r"Spawning process (\d+) of (\S+)", log):
-        result[app].append(int(pid))
-    return dict(result)
 
 
 def ready_pids(log: str, app: str) -> list[int]:
@@ -252,7 +233,7 @@ def test_sighup_reloads_config_adds_removes_and_restarts_changed_apps(serve: Ser
         server_names = ["keep.test"]
         envvars = {{ GREETING = "keep" }}
         """
-    write_config(config, common + f"""
+    write_toml(config, common + f"""
         [[app]]
         name = "a"
         root = {q(APPS)}
@@ -276,7 +257,7 @@ def test_sighup_reloads_config_adds_removes_and_restarts_changed_apps(serve: Ser
     assert b_reply.status == 200 and b_reply.pid == b_old and b_reply.env()["GREETING"] == "b", b_reply
 
     # b goes, c comes, a gets a new greeting, keep stays as it is.
-    write_config(config, common + f"""
+    write_toml(config, common + f"""
         [[app]]
         name = "a"
         root = {q(APPS)}
@@ -337,12 +318,12 @@ def test_sighup_with_a_broken_config_file_is_refused_and_everything_keeps_servin
         base_uri = "/b"
         envvars = {{ GREETING = "b" }}
         """
-    write_config(config, "min_instances = 1\nmax_instances = 1\n" + apps)  # no growth: every spawn is news
+    write_toml(config, "min_instances = 1\nmax_instances = 1\n" + apps)  # no growth: every spawn is news
     server = serve(["--config", str(config)], ready=2)
     before = spawned_by_app(server.log())
 
     # A typo (and a change to b that must not be applied either: the file is refused as a whole).
-    write_config(config, "min_instance = 2\nmax_instances = 1\n" + apps.replace('GREETING = "b"', 'GREETING = "b-2"'))
+    write_toml(config, "min_instance = 2\nmax_instances = 1\n" + apps.replace('GREETING = "b"', 'GREETING = "b-2"'))
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGHUP)
     server.wait_log(r"Reload refused")
@@ -363,7 +344,7 @@ def test_sighup_with_a_broken_config_file_is_refused_and_everything_keeps_servin
 # 2. SIGUSR2: every app restarted, rolling, without a failed request.
 
 def test_sigusr2_restarts_every_app_rolling_without_a_failed_request(serve: Serve, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "passenger.toml", f"""
+    config = write_toml(tmp_path / "passenger.toml", f"""
         min_instances = 2
         max_pool_size = 6
 
@@ -744,7 +725,7 @@ def test_systemd_service_commands_serve_the_socket_reload_and_stop(inherited_soc
         root = {q(APPS)}
         start_command = {q(ECHO_APP)}
         """
-    write_config(config, app + 'envvars = { GREETING = "before" }\n')
+    write_toml(config, app + 'envvars = { GREETING = "before" }\n')
     command = shlex.split(service["ExecStart"])
     assert command[:2] == ["/usr/bin/env", "twist"]
     command[:2] = [str(Path(TWISTD).with_name("twist"))]
@@ -757,7 +738,7 @@ def test_systemd_service_commands_serve_the_socket_reload_and_stop(inherited_soc
         assert "passenger.service.PassengerService#info] passenger" in server.log(), "not a text log"
         assert fetch(port, "/echo").env()["GREETING"] == "before"
 
-        write_config(config, app + 'envvars = { GREETING = "after" }\n')
+        write_toml(config, app + 'envvars = { GREETING = "after" }\n')
         reload = shlex.split(service["ExecReload"].replace("$MAINPID", str(server.proc.pid)))
         subprocess.run(reload, check=True, timeout=10)
         server.wait_log(r"Reload: the settings of site changed; restarting it")
