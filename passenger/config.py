@@ -40,6 +40,8 @@ class AppConfig:
     #: Host names (lower case; "*.example.com", "*") and the path prefix it answers.
     server_names: tuple[str, ...] = ()
     base_uri: str = "/"
+    #: Read request bodies in full before choosing a process (None: when the concurrency is known).
+    buffer_upload: bool | None = None
     #: Files the server serves itself (None: <root>/public if it exists; "": none).
     static_files_dir: str | None = None
     min_instances: int = 1
@@ -119,5 +121,7 @@ class ServerConfig:
     max_connections: int = 10000
     #: The listen backlog of tcp:, ssl: and unix: endpoints (Passenger's socket_backlog).
     socket_backlog: int = 2048
+    #: Where buffered request bodies are spooled past UPLOAD_MEMORY (None: the temp directory).
+    data_buffer_dir: str | None = None
     #: The access log: a path, "-" for standard output, "" for none.
     access_log: str = ""

@@ -332,6 +332,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server_names", server_names, (), "Host names this app answers (repeatable; '*.example.com' and '*' "
             "allowed). [default: every host]", cli="server-name", repeatable=True),
     Setting("base_uri", base_uri, "/", "Path prefix the app is mounted at (it gets PASSENGER_BASE_URI)."),
+    Setting("buffer_upload", flag, None, "Read each request body in full (memory, then a temp file) before an app "
+            "process is chosen, so slow uploads never hold a process. [default: on for apps with a known concurrency]",
+            is_flag=True),
     Setting("static_files_dir", path_or_off, None, "Directory of files the server serves itself for GET and HEAD, "
             "relative to the app root; \"\" for none. [default: public, when it exists]"),
     # How many processes.
@@ -420,6 +423,8 @@ SETTINGS: tuple[Setting, ...] = (
             "backlog; added to tcp:, ssl: and unix: endpoints that do not set backlog=).", scope=_SERVER),
     Setting("max_connections", whole(), 10000, "Client connections open at once; more are closed at once "
             "(0: no limit).", scope=_SERVER),
+    Setting("data_buffer_dir", writable_directory, None, "Where request bodies buffered past 64 KiB are spooled "
+            "(deleted files). [default: $TMPDIR or /tmp]", scope=_SERVER),
     Setting("access_log", path_or_off, "", "Where to log each request (combined format, request id, upstream "
             "time): a file, or - for standard output. [default: no access log]", scope=_SERVER),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "

@@ -57,6 +57,7 @@ class Options(usage.Options):
     optFlags: list[list[Any]] = [
         *([s.option[2:], None, _help(s)] for s in SETTINGS if s.is_flag),
         ["no-friendly-error-pages", None, "Never show the detailed spawn error page."],
+        ["no-buffer-upload", None, "Stream request bodies to the app as they arrive, even with a known concurrency."],
     ]
 
     def __init__(self) -> None:
@@ -100,6 +101,10 @@ class Options(usage.Options):
             elif setting.repeatable and not value:
                 value = None
             values[setting.key] = value
+        if self["no-buffer-upload"]:
+            if values["buffer_upload"]:
+                raise ConfigError("--buffer-upload and --no-buffer-upload contradict each other")
+            values["buffer_upload"] = False
         if self["no-friendly-error-pages"]:
             if values["friendly_error_pages"]:
                 raise ConfigError("--friendly-error-pages and --no-friendly-error-pages contradict each other")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import collections
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Any
+import tempfile
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -55,6 +56,10 @@ PAUSED_PIPELINE = 1  # a later request is parsed and waits for the current one
 PAUSED_UPSTREAM = 2  # the app connection's write buffer is full
 PAUSED_WAITING = 4  # body buffered while the request waits for a process
 
+#: A buffered request body (buffer_upload) is kept in memory up to this size, then spooled to a file.
+UPLOAD_MEMORY = 65536
+#: The end of a request head framed by chunking (replaced by a length once a buffered body is whole).
+CHUNKED_END = b"Transfer-Encoding: chunked\r\n\r\n"
 #: Body bytes held for a request that has no app connection yet.
 WAITING_BUFFER = 65536
 #: Limits of a request head (nginx's and HAProxy's order of magnitude).
@@ -90,6 +95,7 @@ class Request:
         "body",
         "body_size",
         "buffered",
+        "buffering",
         "chunked",
         "complete",
         "expect_continue",
@@ -104,6 +110,7 @@ class Request:
         "method",
         "response_extra",
         "sent",
+        "spool",
         "tries",
         "upgrade",
         "url",
@@ -129,6 +136,10 @@ class Request:
         self.body: list[bytes] = []
         self.buffered = 0
         self.body_size = 0
+        #: The body is being read in full before a process is chosen (buffer_upload).
+        self.buffering = False
+        #: Where a buffered body past UPLOAD_MEMORY goes (an unnamed temporary file).
+        self.spool: BinaryIO | None = None
         #: The client waits for "100 Continue" before it sends the body.
         self.expect_continue = False
         self.complete = False
@@ -338,6 +349,9 @@ class FrontProtocol(Protocol):
         request.complete = True
         if request is self.active:
             self.deadline = 0.0  # the client has said everything; the app's turn
+            if request.buffering:
+                self._buffered(request)
+                return
         if request.sent and request is self.active and self.upstream is not None:
             self.upstream.end_body(request)
         if request.upgrade:
@@ -349,8 +363,19 @@ class FrontProtocol(Protocol):
             if upstream is not None and request is self.active:
                 upstream.send_body(request, data)
             return
-        request.body.append(data)
         request.buffered += len(data)
+        if request.buffering:
+            spool = request.spool
+            if spool is None:
+                request.body.append(data)
+                if request.buffered > UPLOAD_MEMORY:  # from here on, on disk
+                    request.spool = spool = tempfile.TemporaryFile(dir=self.factory.data_buffer_dir)
+                    spool.writelines(request.body)
+                    request.body.clear()
+            else:
+                spool.write(data)
+            return
+        request.body.append(data)
         if request.buffered > WAITING_BUFFER:
             self._pause(PAUSED_WAITING)
 
@@ -478,10 +503,29 @@ class FrontProtocol(Protocol):
                 self._serve_static(static, found, request)
                 return
         app = group.app
+        if request.has_body and not request.complete and (
+                app.buffer_upload if app.buffer_upload is not None else bool(app.concurrency)):
+            request.buffering = True  # placed once the whole body is here (on_message_complete)
+            return
+        self._place(request)
+
+    def _place(self, request: Request) -> None:
+        """Find the request a process (now, or when one is free)."""
+        app = self.group.app
         sticky_id = self._sticky_id(request, app.sticky_sessions_cookie_name) if app.sticky_sessions else None
-        process = group.checkout(self, sticky_id)
+        process = self.group.checkout(self, sticky_id)
         if process is not None:
             self.deliver(process)
+
+    def _buffered(self, request: Request) -> None:
+        """The whole body of a buffered request is here: frame it by its length and place it."""
+        request.buffering = False
+        if request.chunked:
+            request.chunked = False
+            request.head = request.head[:-len(CHUNKED_END)] + b"Content-Length: %d\r\n\r\n" % request.buffered
+        if request.spool is not None:
+            request.spool.seek(0)
+        self._place(request)
 
     def _serve_static(self, static: StaticFiles, found: StaticFile, request: Request) -> None:
         """A file of the app's public directory answers the request; no process is involved."""
@@ -713,6 +757,8 @@ class FrontProtocol(Protocol):
                 upstream.transport.resumeProducing()  # type: ignore[attr-defined]
         self.responding = False
         process = upstream.process
+        if upstream.stop_sending_file():
+            reusable = False  # part of the spooled body is still unsent
         if request is not None and not request.complete:
             # The app answered before the whole body was sent: neither side can be reused.
             reusable = False
@@ -730,6 +776,9 @@ class FrontProtocol(Protocol):
     def _next(self, finished: Request | None) -> None:
         """The active request is answered: close, or go on with the next one."""
         self.active = None
+        if finished is not None and finished.spool is not None:
+            finished.spool.close()
+            finished.spool = None
         access_log = self.factory.access_log
         if access_log is not None and finished is not None:
             self._log_access(access_log, finished)
@@ -923,6 +972,7 @@ class FrontFactory(Factory):
         self.body_timeout = config.request_body_timeout
         self.keepalive_timeout = config.keepalive_timeout
         self.max_connections = config.max_connections
+        self.data_buffer_dir = config.data_buffer_dir
         if self.access_log is not None and self.access_log.path != config.access_log:
             self.access_log.close()
             self.access_log = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from passenger.http.dates import date_line
@@ -58,6 +59,8 @@ class UpstreamConnection(Protocol):
         self.out: list[bytes] | None = None
         #: The response head is in ``out``, not yet written.
         self.head_unsent = False
+        #: Streams a spooled request body (buffer_upload) to the app.
+        self.sending_file: FileSender | None = None
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -118,11 +121,26 @@ class UpstreamConnection(Protocol):
         else:
             transport.write(request.head)
         request.sent = True
-        if request.complete:
+        if request.spool is not None:  # a buffered body on disk: streamed as the app reads
+            self.sending_file = sender = FileSender()
+            sender.beginFileTransfer(request.spool, transport).addBoth(self._file_sent)
+        elif request.complete:
             if request.chunked:
                 transport.write(_CHUNK_END)
         else:
             transport.registerProducer(front, True)
+
+    def _file_sent(self, result: object) -> None:
+        self.sending_file = None
+
+    def stop_sending_file(self) -> bool:
+        """The response came before all of a spooled body was sent: stop (the connection is not reusable)."""
+        sender = self.sending_file
+        if sender is None:
+            return False
+        self.sending_file = None
+        sender.stopProducing()
+        return True
 
     def send_body(self, request: Request, data: bytes) -> None:
         transport = self.transport
