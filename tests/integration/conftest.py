@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -274,3 +275,26 @@ def server_let_go(server_port: int, client_port: int) -> bool:
     """The server has closed its side of the connection from ``client_port`` (after the client closed)."""
     return not any(e[0] == server_port and e[1] == client_port and e[2] in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
                    for e in tcp_sockets())
+
+
+def in_thread(function: Callable[[], RawResponse]) -> Callable[[float], RawResponse]:
+    """Run ``function`` in a thread now; the returned callable joins it and returns its result."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = function()
+        except BaseException as e:  # handed to the test thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result(timeout: float = 20.0) -> RawResponse:
+        thread.join(timeout)
+        assert not thread.is_alive(), "the request thread did not finish"
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["result"]  # type: ignore[return-value]
+
+    return result

@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     RawResponse,
     Server,
     echo_app_args,
+    in_thread,
     life_app_args,
     pid_alive,
     pid_exists,
@@ -70,27 +71,6 @@ def spawn_port(server: Server, pid: int) -> int:
     return int(match.group(1))
 
 
-def in_thread(function: Callable[[], RawResponse]) -> Callable[[], RawResponse]:
-    """Run ``function`` in a thread now; the returned callable joins it and returns its result."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = function()
-        except BaseException as e:  # handed to the test thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result(timeout: float = 20.0) -> RawResponse:
-        thread.join(timeout)
-        assert not thread.is_alive(), "the request thread did not finish"
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["result"]  # type: ignore[return-value]
-
-    return result
 
 
 # 1. A process that dies is reported, reaped and replaced.

@@ -43,9 +43,9 @@ from tests.integration.conftest import (
     APPS,
     TWISTD,
     RawRequest,
-    RawResponse,
     Server,
     echo_app_args,
+    in_thread,
     life_app_args,
     pid_exists,
     world_dir,
@@ -105,27 +105,6 @@ def wait_gone(pids: list[int], timeout: float = 20.0, what: str = "processes") -
              what=f"{what} {[p for p in pids if pid_exists(p)]} to exit and be reaped")
 
 
-def in_thread(function: Callable[[], RawResponse]) -> Callable[[float], RawResponse]:
-    """Run ``function`` in a thread now; the returned callable joins it and returns (or raises) its result."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = function()
-        except BaseException as e:  # handed to the test thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result(timeout: float = 20.0) -> RawResponse:
-        thread.join(timeout)
-        assert not thread.is_alive(), "the request thread did not finish"
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["result"]  # type: ignore[return-value]
-
-    return result
 
 
 @dataclass
