@@ -172,7 +172,9 @@ class Session:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        time.sleep(0.1)
+        deadline = time.monotonic() + 2  # KILL takes effect at once; wait for it with a deadline
+        while time.monotonic() < deadline and any(alive(p, s) for p, s in members.items()):
+            time.sleep(0.02)
         left = [p for p, s in members.items() if alive(p, s)]
         if left:
             notes.append(f"{self.label}: could not stop pids {left}")

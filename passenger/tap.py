@@ -40,6 +40,13 @@ def _help(setting: Setting) -> str:
     return f"{setting.help} [default: {shown}]"
 
 
+#: Settings whose default depends on others, so that the command line can also turn them off: --no-<option>.
+OFF_FLAGS = {
+    "friendly_error_pages": "Never show the detailed spawn error page.",
+    "buffer_upload": "Stream request bodies to the app as they arrive, even with a known concurrency.",
+}
+
+
 class Options(usage.Options):
     """Every setting of ``options.py`` as an option; values stay raw until postOptions converts them."""
 
@@ -56,8 +63,7 @@ class Options(usage.Options):
     ]
     optFlags: list[list[Any]] = [
         *([s.option[2:], None, _help(s)] for s in SETTINGS if s.is_flag),
-        ["no-friendly-error-pages", None, "Never show the detailed spawn error page."],
-        ["no-buffer-upload", None, "Stream request bodies to the app as they arrive, even with a known concurrency."],
+        *(["no-" + key.replace("_", "-"), None, help] for key, help in OFF_FLAGS.items()),
     ]
 
     def __init__(self) -> None:
@@ -101,14 +107,12 @@ class Options(usage.Options):
             elif setting.repeatable and not value:
                 value = None
             values[setting.key] = value
-        if self["no-buffer-upload"]:
-            if values["buffer_upload"]:
-                raise ConfigError("--buffer-upload and --no-buffer-upload contradict each other")
-            values["buffer_upload"] = False
-        if self["no-friendly-error-pages"]:
-            if values["friendly_error_pages"]:
-                raise ConfigError("--friendly-error-pages and --no-friendly-error-pages contradict each other")
-            values["friendly_error_pages"] = False
+        for key in OFF_FLAGS:
+            option = key.replace("_", "-")
+            if self["no-" + option]:
+                if values[key]:
+                    raise ConfigError(f"--{option} and --no-{option} contradict each other")
+                values[key] = False
         return values
 
     def postOptions(self) -> None:

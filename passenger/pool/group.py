@@ -150,13 +150,7 @@ class Group:
 
     def stop(self) -> Deferred[Any]:
         """Reject waiters, stop every process; fires when all are reaped."""
-        self.running = False
-        for timer in (self._backoff, self._idle_timer, self._queue_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._backoff = self._idle_timer = self._queue_timer = None
-        for waiter in self._take_all_waiters():
-            waiter.reject(*SHUTTING_DOWN)
+        self._close(*SHUTTING_DOWN)
         readiness, self._readiness = self._readiness, {}
         for d in readiness.values():
             d.callback(False)  # a rolling restart under way ends here
@@ -167,19 +161,27 @@ class Group:
 
     def wind_down(self) -> Deferred[Any]:
         """The app leaves the server: no new requests; its processes finish theirs and stop."""
+        self._close(503, "Service Unavailable", "This application was removed from the server.")
+        for process in list(self.spawning):
+            self._discard(process)
+        for process in list(self.ready):
+            self._retire(process, settle=False)
+        return DeferredList([p.wait_stopped() for p in self.leaving if p.state != DEAD], consumeErrors=True)
+
+    def _close(self, status: int, title: str, detail: str) -> None:
+        """No more requests: timers off, every waiting request answered ``status``."""
         self.running = False
         for timer in (self._backoff, self._idle_timer, self._queue_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._backoff = self._idle_timer = self._queue_timer = None
         for waiter in self._take_all_waiters():
-            waiter.reject(503, "Service Unavailable", "This application was removed from the server.")
-        for process in list(self.spawning):
-            self._forget(process)
-            self._leave(process, process.stop())
-        for process in list(self.ready):
-            self._retire(process, settle=False)
-        return DeferredList([p.wait_stopped() for p in self.leaving if p.state != DEAD], consumeErrors=True)
+            waiter.reject(status, title, detail)
+
+    def _discard(self, process: AppProcess) -> None:
+        """Out of the pool and stopped at once (no draining)."""
+        self._forget(process)
+        self._leave(process, process.stop())
 
     def limits_changed(self) -> None:
         """The pool's size, the drain timeout or this app's settings were reloaded."""
@@ -298,8 +300,7 @@ class Group:
             return
         self.log.warn("A request on process {pid} of {app} ran longer than {seconds}s (max_request_time); "
                       "replacing the process", pid=process.pid, app=self.app.name, seconds=seconds)
-        self._forget(process)
-        self._leave(process, process.stop())
+        self._discard(process)
         self._settle()
 
     def recycle(self, process: AppProcess, why: str) -> None:
@@ -538,8 +539,7 @@ class Group:
             self._roll_done = self._roll()
             return self._roll_done
         for process in list(self.spawning):  # a spawn of the old version is of no use now
-            self._forget(process)
-            self._leave(process, process.stop())
+            self._discard(process)
         for process in list(self.ready):
             self._retire(process, settle=False)
         done: Deferred[None] = Deferred()

@@ -142,6 +142,17 @@ class Server:
                 pass
 
 
+def start_server(tmp: Path, args: list[str], ready: int = 1) -> Server:
+    """A server for a whole module (a module-scoped fixture); killed here if it fails to start."""
+    server = Server(tmp, args)
+    try:
+        server.start(ready)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``serve(args, ready=N)`` starts a server; it is stopped and its apps killed after the test."""

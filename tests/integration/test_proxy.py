@@ -17,12 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import APP_PYTHON, APPS, Server, echo_app_args, pid_alive, wait_for
+from tests.integration.conftest import APP_PYTHON, APPS, Server, echo_app_args, pid_alive, start_server, wait_for
 
 MiB = 1024 * 1024
 #: How much the server's resident memory may grow while a large body passes through.
@@ -276,19 +275,6 @@ def watch_rss_for(pid: int, seconds: float, limit: int, baseline: int) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def start_server(tmp: Path, args: list[str], ready: int = 1) -> Server:
-    # Each server its own pidfile: twistd refuses to start when ./twistd.pid names a live process,
-    # which happens as soon as two servers (this module's, or anyone's in the same cwd) overlap.
-    server = Server(tmp, args)
-    server.twistd_args = ["--pidfile", str(tmp / f"twistd-{server.port}.pid")]
-    try:
-        server.start(ready)
-    except BaseException:
-        server.kill()
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One echo-app server (one process) for the tests that do not disturb it.
@@ -310,20 +296,6 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.kill()
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(args: list[str], ready: int = 1) -> Server:
-        server = start_server(tmp_path, args, ready)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
 # --------------------------------------------------------------------------------------
 # 1. Basic GET through apps in several languages.
 # --------------------------------------------------------------------------------------
@@ -342,11 +314,13 @@ def test_get_through_python_app(echo: Server) -> None:
     assert int(body.split()[-1]) in echo.app_pids()
 
 
-def test_get_through_node_app(own_server: Callable[..., Server]) -> None:
+def test_get_through_node_app(serve: Callable[..., Server]) -> None:
     node = shutil.which("node")
     if node is None:
+        if os.environ.get("PASSENGER_REQUIRE_NODE"):  # set by .ci/run, which installs Node.js
+            pytest.fail("node is not on PATH, and .ci/run requires the Node.js tests to run")
         pytest.skip("node is not on PATH: cannot run the Node.js app")
-    server = own_server(["--app-root", str(APPS), "--app-start-command", f"{node} node_app.js"])
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{node} node_app.js"])
     with Client(server.port) as client:
         hello = client.request("GET", "/")
         stream = client.request("GET", "/stream?n=5")
@@ -357,8 +331,8 @@ def test_get_through_node_app(own_server: Callable[..., Server]) -> None:
     assert stream.body == b"".join(b"piece-%d\n" % i for i in range(5))
 
 
-def test_get_through_shell_started_app(own_server: Callable[..., Server]) -> None:
-    server = own_server(["--app-root", str(APPS), "--app-start-command", "./start.sh",
+def test_get_through_shell_started_app(serve: Callable[..., Server]) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", "./start.sh",
                          "--envvar", f"PYTHON={APP_PYTHON}"])
     expected = (APPS / "static" / "hello.txt").read_bytes()
     with Client(server.port) as client:
@@ -428,8 +402,8 @@ def test_headers_named_in_connection_do_not_reach_the_app(echo: Server) -> None:
     assert again.status == 200
 
 
-def test_response_hop_by_hop_headers_do_not_reach_the_client(own_server: Callable[..., Server]) -> None:
-    server = own_server(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} hop_app.py"])
+def test_response_hop_by_hop_headers_do_not_reach_the_client(serve: Callable[..., Server]) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} hop_app.py"])
     with Client(server.port) as client:
         response = client.request("GET", "/hop")
     assert response.status == 200
@@ -505,10 +479,10 @@ def test_large_upload_streams_without_buffering(echo: Server) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_large_download_streams_without_buffering(own_server: Callable[..., Server]) -> None:
+def test_large_download_streams_without_buffering(serve: Callable[..., Server]) -> None:
     # Its own server: a back-pressured response can leave state behind (see
     # test_app_connection_is_reusable_after_a_back_pressured_response).
-    server = own_server(echo_app_args("--max-pool-size", "1"))
+    server = serve(echo_app_args("--max-pool-size", "1"))
     assert server.proc is not None
     size = 100 * MiB
     client = Client(server.port, timeout=30, rcvbuf=64 * 1024)  # keep the kernel from soaking it up
@@ -539,10 +513,10 @@ def test_large_download_streams_without_buffering(own_server: Callable[..., Serv
     assert rss.growth < RSS_GROWTH_LIMIT, f"server RSS grew by {rss.growth / MiB:.1f} MiB for a 100 MiB download ({rss})"
 
 
-def test_body_sent_before_the_app_connection_is_up_arrives_intact(own_server: Callable[..., Server]) -> None:
+def test_body_sent_before_the_app_connection_is_up_arrives_intact(serve: Callable[..., Server]) -> None:
     """The first request to a process opens a new app connection; its body (well over the
     64 KiB the relay holds while waiting) is already on the way in one write."""
-    server = own_server(echo_app_args("--max-pool-size", "1"))
+    server = serve(echo_app_args("--max-pool-size", "1"))
     body = os.urandom(MiB)
     with Client(server.port, timeout=10) as client:
         client.send(build_request("POST", "/echo", body=body))
@@ -584,14 +558,14 @@ def test_keep_alive_after_a_large_upload(echo: Server) -> None:
             assert after.body.isdigit()
 
 
-def test_app_connection_is_reusable_after_a_back_pressured_response(own_server: Callable[..., Server]) -> None:
+def test_app_connection_is_reusable_after_a_back_pressured_response(serve: Callable[..., Server]) -> None:
     """A slow client makes the relay pause reading from the app; when that response is
     done, the app connection goes back to the pool and must serve the next request.
 
     The relay has to be paused just as the response's last piece comes, which happens in
     a good share of slow downloads but not in every one: several make missing it unlikely.
     """
-    server = own_server(echo_app_args("--max-pool-size", "1"))  # one process: its idle connection is reused
+    server = serve(echo_app_args("--max-pool-size", "1"))  # one process: its idle connection is reused
     size = 8 * MiB  # more than the kernel buffers, so the relay has to hold back
     for attempt in range(1, 21):
         with Client(server.port, timeout=10, rcvbuf=4096) as slow:
@@ -735,8 +709,8 @@ def test_pipelined_requests_come_back_complete_and_in_order(echo: Server) -> Non
 # --------------------------------------------------------------------------------------
 
 
-def test_app_dying_mid_request_gives_502_and_service_goes_on(own_server: Callable[..., Server]) -> None:
-    server = own_server(echo_app_args("--min-instances", "1", "--max-pool-size", "1"))
+def test_app_dying_mid_request_gives_502_and_service_goes_on(serve: Callable[..., Server]) -> None:
+    server = serve(echo_app_args("--min-instances", "1", "--max-pool-size", "1"))
     [first_pid] = server.app_pids()
     with Client(server.port) as client:
         # A request first, so the app connection that /exit dies on is a kept-alive one.

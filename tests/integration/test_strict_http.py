@@ -24,14 +24,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import APP_PYTHON, APPS, Server, wait_for
+from tests.integration.conftest import APP_PYTHON, APPS, Server, start_server, wait_for
 
 HOST = b"strict.test"
 #: Seconds a rejection of an oversized head may take.
@@ -283,18 +282,6 @@ def recording_args(*extra: str) -> list[str]:
     return ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} recording_app.py", *extra]
 
 
-def start_server(tmp: Path, args: list[str], ready: int = 1) -> Server:
-    server = Server(tmp, args)
-    try:
-        server.start(ready)
-        if not ready:
-            wait_listening(server)
-    except BaseException:
-        server.kill()
-        raise
-    return server
-
-
 def wait_listening(server: Server) -> None:
     def listening() -> bool:
         if server.proc is not None and server.proc.poll() is not None:
@@ -321,20 +308,6 @@ def app(strict: Server) -> Server:
     """The shared server, its app's record emptied."""
     take_record(strict)
     return strict
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(args: list[str], ready: int = 1) -> Server:
-        server = start_server(tmp_path, args, ready)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 def assert_rejected(server: Server, conn: Conn, statuses: tuple[int, ...], data: bytes) -> None:
@@ -640,8 +613,8 @@ def test_header_names_outside_alnum_and_dash_never_reach_the_app(app: Server) ->
 
 
 @pending("headers/allow-underscore")
-def test_allow_underscore_headers_keeps_only_underscore_names(own_server: Callable[..., Server]) -> None:
-    server = own_server(recording_args("--allow-underscore-headers"))
+def test_allow_underscore_headers_keeps_only_underscore_names(serve: Callable[..., Server]) -> None:
+    server = serve(recording_args("--allow-underscore-headers"))
     take_record(server)
     _reply, entry = send_headers(server, [*ODD_NAMES, ("X-Custom", "kept")])
     names = {k.lower() for k, _ in entry["headers"]}
@@ -679,9 +652,9 @@ TRUSTED = [
 
 
 @pytest.mark.parametrize(("network", "sent", "expected"), cases("trusted-proxy", TRUSTED))
-def test_trusted_proxy_extends_x_forwarded_for(own_server: Callable[..., Server], network: str, sent: str | None,
+def test_trusted_proxy_extends_x_forwarded_for(serve: Callable[..., Server], network: str, sent: str | None,
                                                expected: str) -> None:
-    server = own_server(recording_args("--trusted-proxy", network))
+    server = serve(recording_args("--trusted-proxy", network))
     take_record(server)
     _reply, entry = send_headers(server, [("X-Forwarded-For", sent)] if sent else [])
     assert header_values(entry, "X-Forwarded-For") == [expected], entry["headers"]
@@ -782,9 +755,10 @@ OVER_LIMIT: list[tuple[str, str, bytes]] = [
 
 
 @pytest.mark.parametrize(("limit", "data"), cases("max-body-size", OVER_LIMIT))
-def test_body_over_max_body_size_gets_413_without_a_process(own_server: Callable[..., Server], limit: str,
+def test_body_over_max_body_size_gets_413_without_a_process(serve: Callable[..., Server], limit: str,
                                                             data: bytes) -> None:
-    server = own_server(recording_args("--max-body-size", limit, "--min-instances", "0"), ready=0)
+    server = serve(recording_args("--max-body-size", limit, "--min-instances", "0"), ready=0)
+    wait_listening(server)
     conn = exchange(server.port, data, replies=1, timeout=3)
     got, _ = parse_replies(conn.data, conn.eof)
     assert [r.status for r in got] == [413], conn.summary()
@@ -794,8 +768,8 @@ def test_body_over_max_body_size_gets_413_without_a_process(own_server: Callable
 
 
 @pending("max-body-size/at-limit")
-def test_body_at_max_body_size_is_accepted(own_server: Callable[..., Server]) -> None:
-    server = own_server(recording_args("--max-body-size", "1000"))
+def test_body_at_max_body_size_is_accepted(serve: Callable[..., Server]) -> None:
+    server = serve(recording_args("--max-body-size", "1000"))
     take_record(server)
     body = b"y" * 1000
     conn = exchange(server.port, b"POST /at-limit HTTP/1.1\r\n" + H + b"Content-Length: 1000\r\n\r\n" + body, replies=1)
@@ -807,9 +781,9 @@ def test_body_at_max_body_size_is_accepted(own_server: Callable[..., Server]) ->
 
 
 @pending("max-body-size/chunked")
-def test_chunked_body_over_max_body_size_gets_413(own_server: Callable[..., Server]) -> None:
+def test_chunked_body_over_max_body_size_gets_413(serve: Callable[..., Server]) -> None:
     """The head and the first 600 bytes may reach the app; the chunk that goes over may not."""
-    server = own_server(recording_args("--max-body-size", "1000"))
+    server = serve(recording_args("--max-body-size", "1000"))
     take_record(server)
     conn = Conn(server.port)
     conn.send(b"POST /chunked-over HTTP/1.1\r\n" + H + TE + b"\r\n258\r\n" + b"a" * 600 + b"\r\n")
