@@ -121,7 +121,11 @@ class ServerConfig:
     max_connections: int = 10000
     #: The listen backlog of tcp:, ssl: and unix: endpoints (Passenger's socket_backlog).
     socket_backlog: int = 2048
-    #: Where buffered request bodies are spooled past UPLOAD_MEMORY (None: the temp directory).
+    #: Where buffered request bodies and held responses are spooled (None: the temp directory).
     data_buffer_dir: str | None = None
+    #: Response bytes held for a slow client before the app connection is paused (0: no limit).
+    response_buffer_high_watermark: int = 128 * 1024**2
+    #: Seconds a client may go without reading any of its response.
+    send_timeout: float = 60.0
     #: The access log: a path, "-" for standard output, "" for none.
     access_log: str = ""

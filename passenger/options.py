@@ -423,8 +423,13 @@ SETTINGS: tuple[Setting, ...] = (
             "backlog; added to tcp:, ssl: and unix: endpoints that do not set backlog=).", scope=_SERVER),
     Setting("max_connections", whole(), 10000, "Client connections open at once; more are closed at once "
             "(0: no limit).", scope=_SERVER),
-    Setting("data_buffer_dir", writable_directory, None, "Where request bodies buffered past 64 KiB are spooled "
-            "(deleted files). [default: $TMPDIR or /tmp]", scope=_SERVER),
+    Setting("data_buffer_dir", writable_directory, None, "Where request bodies past 64 KiB and responses past 128 "
+            "KiB held for slow clients are spooled (deleted files). [default: $TMPDIR or /tmp]", scope=_SERVER),
+    Setting("response_buffer_high_watermark", size, 128 * 1024**2, "Bytes of a response held for a slow client "
+            "(memory, then data_buffer_dir) before the app connection is paused; the process is free once its "
+            "response is held (0: no limit).", scope=_SERVER),
+    Setting("send_timeout", seconds(), 60.0, "Seconds a client may go without reading any of its response; then "
+            "the connection is closed.", scope=_SERVER),
     Setting("access_log", path_or_off, "", "Where to log each request (combined format, request id, upstream "
             "time): a file, or - for standard output. [default: no access log]", scope=_SERVER),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "

@@ -17,6 +17,7 @@ import collections
 import ipaddress
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -41,6 +42,7 @@ from passenger.http.headers import (
     REQUEST_ID_CHARS,
     connection_tokens,
 )
+from passenger.http.response_buffer import ResponseBuffer
 from passenger.http.router import Router
 from passenger.http.static import StaticFile, StaticFiles
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
@@ -179,6 +181,14 @@ class FrontProtocol(Protocol):
         self.status = 0
         self.sent = 0
         self.upstream_at: float | None = None
+        #: Seconds the app took for the response, once it is complete (it may still be draining to the client).
+        self.upstream_time: float | None = None
+        #: Carries responses to the client, holding what a slow client cannot take yet (made at the first response).
+        self.relay: ResponseBuffer | None = None
+        #: The app's response is complete and held bytes are draining to the client.
+        self.delivering = False
+        #: The deadline is the client's to read some of the response (send_timeout).
+        self.send_stalled = False
         #: When the client must have done its next step (FrontFactory's sweep closes it then); 0: no deadline.
         self.deadline = 0.0
         #: Bytes of the request head parsed so far (the limits of MAX_HEAD).
@@ -231,7 +241,7 @@ class FrontProtocol(Protocol):
         if process is not None:
             self._cancel_request_timer()
             self.group.release(process)
-        elif self.active is not None and self.active.group is not None:
+        elif self.active is not None and self.active.group is not None and not self.delivering:
             self.group.cancel(self)
         self.active = None
         self.pipeline.clear()
@@ -736,26 +746,46 @@ class FrontProtocol(Protocol):
             return
         request.keep_alive = keep_alive
         self.responding = True
-        transport.registerProducer(upstream.transport, True)
+        relay = self.relay
+        if relay is None:
+            factory = self.factory
+            self.relay = relay = ResponseBuffer(transport, factory.data_buffer_dir, factory.response_high_watermark,
+                                                self._client_stalled)
+        relay.start(upstream.transport, self.status == 101)
+
+    def write_response(self, pieces: Sequence[bytes]) -> None:
+        """Bytes of the app's response for the client (held if the client is slow)."""
+        relay = self.relay
+        if relay is not None:
+            relay.write(pieces)
+        elif self.transport is not None:
+            self.transport.writeSequence(pieces)
+
+    def _stop_relay(self) -> None:
+        self.responding = False
+        if self.relay is not None:
+            self.relay.stop()
 
     def unbegin_response(self) -> None:
         """The response turned out broken before any of it was written."""
-        if self.responding and self.transport is not None:
-            self.responding = False
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self.responding:
+            self._stop_relay()
+
+    def _client_stalled(self, stalled: bool) -> None:
+        """The client stopped reading the response (its send deadline starts), or read some more."""
+        if stalled:
+            if not self.deadline:
+                self.send_stalled = True
+                self.deadline = self.factory.reactor.seconds() + self.factory.send_timeout
+        elif self.send_stalled:
+            self.send_stalled = False
+            self.deadline = 0.0
 
     def end_response(self, upstream: UpstreamConnection, reusable: bool) -> None:
         request = self.active
-        transport: Any = self.transport
         self.upstream = None
         upstream.front = None
-        if transport is not None and self.responding:
-            transport.unregisterProducer()
-            # A slow client may have paused the app connection on the last piece;
-            # unregistering does not resume it, and an idle connection must read.
-            if upstream.transport is not None:
-                upstream.transport.resumeProducing()  # type: ignore[attr-defined]
-        self.responding = False
+        responding, self.responding = self.responding, False
         process = upstream.process
         if upstream.stop_sending_file():
             reusable = False  # part of the spooled body is still unsent
@@ -771,7 +801,19 @@ class FrontProtocol(Protocol):
         elif upstream.transport is not None:
             upstream.transport.loseConnection()
         self._release()
-        self._next(request)
+        if self.upstream_at is not None and self.factory.access_log is not None:
+            self.upstream_time = self.factory.reactor.seconds() - self.upstream_at
+        relay = self.relay
+        if responding and relay is not None and self.transport is not None:
+            # The process is free now; the client may still be reading what the relay holds.
+            self.delivering = True
+            relay.upstream_done(self._delivered)
+        else:
+            self._next(request)
+
+    def _delivered(self) -> None:
+        self.delivering = False
+        self._next(self.active)
 
     def _next(self, finished: Request | None) -> None:
         """The active request is answered: close, or go on with the next one."""
@@ -783,7 +825,8 @@ class FrontProtocol(Protocol):
         if access_log is not None and finished is not None:
             self._log_access(access_log, finished)
         self.status = self.sent = 0
-        self.upstream_at = None
+        self.upstream_at = self.upstream_time = None
+        self.send_stalled = False
         if self.disconnected or self.transport is None:
             return
         if finished is not None and not finished.keep_alive:
@@ -812,8 +855,9 @@ class FrontProtocol(Protocol):
                 referer = value
             elif lname == b"user-agent":
                 agent = value
-        upstream_at = self.upstream_at
-        upstream = None if upstream_at is None else self.factory.reactor.seconds() - upstream_at
+        upstream_at, upstream = self.upstream_at, self.upstream_time
+        if upstream is None and upstream_at is not None:
+            upstream = self.factory.reactor.seconds() - upstream_at
         access_log.log(self.peer, request.method, request.url, request.version, self.status, self.sent, referer,
                        agent, request.id_line[14:-2], upstream)
 
@@ -822,6 +866,11 @@ class FrontProtocol(Protocol):
         self.deadline = 0.0
         transport = self.transport
         if transport is None or self.disconnected:
+            return
+        if self.send_stalled:
+            self.log.info("Closing the connection of {peer}: it read nothing of its response for {timeout} s "
+                          "(send_timeout)", peer=self.peer.decode(), timeout=self.factory.send_timeout)
+            transport.abortConnection()  # type: ignore[attr-defined]
             return
         if self.paused:  # we are not reading (back-pressure): the client is not the slow one
             self.deadline = self.factory.reactor.seconds() + self.factory.body_timeout
@@ -890,8 +939,7 @@ class FrontProtocol(Protocol):
         self.active = None
         if self.transport is not None:
             if self.responding:
-                self.transport.unregisterProducer()  # type: ignore[attr-defined]
-                self.responding = False
+                self._stop_relay()
             self.transport.loseConnection()
 
     # Reading back-pressure, for the app connection (IPushProducer).
@@ -973,6 +1021,8 @@ class FrontFactory(Factory):
         self.keepalive_timeout = config.keepalive_timeout
         self.max_connections = config.max_connections
         self.data_buffer_dir = config.data_buffer_dir
+        self.response_high_watermark = config.response_buffer_high_watermark
+        self.send_timeout = config.send_timeout
         if self.access_log is not None and self.access_log.path != config.access_log:
             self.access_log.close()
             self.access_log = None

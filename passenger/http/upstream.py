@@ -192,7 +192,7 @@ class UpstreamConnection(Protocol):
             return
         front = self.front
         if front is not None and front.transport is not None:
-            front.transport.writeSequence(pieces)
+            front.write_response(pieces)
 
     def _flush(self) -> None:
         out = self.out
@@ -201,7 +201,7 @@ class UpstreamConnection(Protocol):
             self.head_unsent = False
             front = self.front
             if front is not None and front.transport is not None:
-                front.transport.writeSequence(out)
+                front.write_response(out)
 
     def on_message_begin(self) -> None:
         self.headers = []

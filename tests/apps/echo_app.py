@@ -8,6 +8,7 @@
   /chunked?n=K      K chunks of "chunk-i\\n" with Transfer-Encoding: chunked
   /close            body framed by closing the connection (no length, not chunked)
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
+  /lines?n=K        K numbered 16-byte lines ("%015x\n"), in 64 KiB writes: order and loss show
   /exit             the process exits without answering
   /alloc?mb=N       the process allocates N MB more and keeps it (for memory limits)
 Anything else: "Hello from <pid>".
@@ -161,6 +162,14 @@ class Handler(BaseHTTPRequestHandler):
             while n > 0:
                 self.wfile.write(piece[: min(n, len(piece))])
                 n -= len(piece)
+            return
+        if path == "/lines":
+            lines = int(query.get("n", "0"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(16 * lines))
+            self.end_headers()
+            for start in range(0, lines, 4096):
+                self.wfile.write(b"".join(b"%015x\n" % i for i in range(start, min(start + 4096, lines))))
             return
         if path == "/alloc":
             _hoard.append(bytearray(int(query.get("mb", "0")) * 1024 * 1024))  # zero-filled: resident
