@@ -127,5 +127,11 @@ class ServerConfig:
     response_buffer_high_watermark: int = 128 * 1024**2
     #: Seconds a client may go without reading any of its response.
     send_timeout: float = 60.0
+    #: Where the instance directory is made (None: the temp directory).
+    instance_registry_dir: str | None = None
+    #: Extra endpoints for the admin API (basic auth).
+    admin_listen: tuple[str, ...] = ()
+    #: Scripts to run on pool events, by event name.
+    hooks: Mapping[str, str] = attrs.field(factory=dict)
     #: The access log: a path, "-" for standard output, "" for none.
     access_log: str = ""

@@ -37,6 +37,9 @@ class Layer:
         return Layer({k: v for k, v in self.values.items() if BY_KEY[k].scope == scope}, self.label)
 
 
+#: Table settings whose layers merge name by name instead of replacing each other.
+MERGED = ("envvars", "hooks")
+
 def cli_label(setting: Setting) -> str:
     return setting.option
 
@@ -131,14 +134,14 @@ def read_passengerfile(root: str) -> Layer:
 
 
 def _resolve(settings: tuple[Setting, ...], layers: list[Layer]) -> dict[str, Any]:
-    """Each setting's value from the highest layer that has it (envvars merge, name by name)."""
+    """Each setting's value from the highest layer that has it (envvars and hooks merge, name by name)."""
     values: dict[str, Any] = {}
     for setting in settings:
         value = setting.default
         for layer in layers:
             if setting.key in layer.values:
                 converted = setting.convert(layer.label(setting), layer.values[setting.key])
-                value = {**value, **converted} if setting.key == "envvars" else converted
+                value = {**value, **converted} if setting.key in MERGED else converted
         values[setting.key] = value
     return values
 

@@ -226,6 +226,13 @@ def listen_list(label: str, raw: object) -> tuple[str, ...]:
     return tuple(descriptions)
 
 
+def endpoint_list(label: str, raw: object) -> tuple[str, ...]:
+    """Endpoints, or none at all (an empty list switches the feature off)."""
+    if raw == [] or raw == ():
+        return ()
+    return listen_list(label, raw)
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.I)
 
 
@@ -271,6 +278,33 @@ def envvars(label: str, raw: object) -> dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{label}.{name}: expected a string")
         result[name] = str(value)
+    return result
+
+
+#: The events a --hook script can run on (Passenger's core hooks).
+HOOK_EVENTS = ("attached_process", "detached_process", "spawn_failed", "queue_full_error")
+
+
+def hooks(label: str, raw: object) -> dict[str, str]:
+    """A table of EVENT = "command" (file), or EVENT=COMMAND strings (command line)."""
+    if isinstance(raw, (list, tuple)):
+        pairs = []
+        for item in raw:
+            name, sep, command_line = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"{label} {str(item)!r}: expected EVENT=COMMAND, e.g. spawn_failed=/usr/local/bin/alert")
+            pairs.append((name.strip(), command_line))
+    elif isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    else:
+        raise ConfigError(f"{label} {_shown(raw)}: expected a table of EVENT = \"command\"")
+    result = {}
+    for name, command_line in pairs:
+        if name not in HOOK_EVENTS:
+            raise ConfigError(f"{label}: {name!r} is not a hook event; choose from {', '.join(HOOK_EVENTS)}")
+        if not isinstance(command_line, str) or not command_line.strip():
+            raise ConfigError(f"{label}.{name}: expected the command to run (by /bin/sh)")
+        result[name] = command_line
     return result
 
 
@@ -432,6 +466,15 @@ SETTINGS: tuple[Setting, ...] = (
             "the connection is closed.", scope=_SERVER),
     Setting("access_log", path_or_off, "", "Where to log each request (combined format, request id, upstream "
             "time): a file, or - for standard output. [default: no access log]", scope=_SERVER),
+    Setting("instance_registry_dir", writable_directory, None, "Where the server makes its private instance "
+            "directory (properties, admin passwords, the admin socket) that passenger-status and passenger-config "
+            "find. [default: $TMPDIR or /tmp]", scope=_SERVER),
+    Setting("admin_listen", endpoint_list, (), "Also serve the admin API, metrics and dashboard on this endpoint, "
+            "with basic auth (repeatable; e.g. tcp:3001:interface=127.0.0.1). [default: only the instance "
+            "directory's Unix socket]", scope=_SERVER, repeatable=True),
+    Setting("hooks", hooks, {}, "EVENT=COMMAND: run COMMAND (by /bin/sh) on attached_process, detached_process, "
+            "spawn_failed or queue_full_error, with PASSENGER_* variables describing it (repeatable).",
+            scope=_SERVER, cli="hook", repeatable=True),
     Setting("drain_timeout", seconds(), 60.0, "Seconds in-flight requests get to finish when the server stops or a "
             "process leaves; then they get 504 and the process is stopped anyway.", scope=_SERVER),
 )

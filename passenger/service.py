@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.logfile import BaseLogFile
 
 from passenger import __version__
+from passenger.admin.server import AdminServer
 from passenger.config import AppConfig, ConfigError, ServerConfig
 from passenger.http.front import FrontFactory
 from passenger.http.router import Router
@@ -74,6 +75,8 @@ class PassengerService(Service):
         self._previous_handlers: dict[int, Any] = {}
         self._log_file: BaseLogFile | None = None
         self._fast = False
+        #: The instance directory, the admin API, hooks.
+        self.admin = AdminServer(self)
 
     @property
     def reactor(self) -> Any:
@@ -92,6 +95,7 @@ class PassengerService(Service):
         self.front = FrontFactory(self._router(), reactor, config)
         self.listeners = [strports.service(with_backlog(d, config.socket_backlog), self.front, reactor=reactor)
                           for d in self.config.listen]
+        self.admin.build()
 
     def _router(self) -> Router[Group]:
         assert self.pool is not None
@@ -100,7 +104,7 @@ class PassengerService(Service):
 
     def privilegedStartService(self) -> None:
         self._build()
-        for listener in self.listeners:
+        for listener in [*self.listeners, *self.admin.listeners]:
             listener.privilegedStartService()
         super().privilegedStartService()
 
@@ -113,6 +117,7 @@ class PassengerService(Service):
         apps = ", ".join(f"{app.name} ({app.root})" for app in self.config.apps)
         self.log.info("passenger {version} serving {apps} on {listen}",
                       version=__version__, apps=apps, listen=", ".join(self.config.listen))
+        self.admin.start()
         self.pool.start()
         for group in self.pool.groups.values():
             self._watch(group)
@@ -124,7 +129,7 @@ class PassengerService(Service):
         self.watchers[group.app.name] = watcher
         watcher.start()
 
-    # Operations (signals, and the admin API later).
+    # Operations (signals and the admin API).
     def restart_all(self, rolling: bool | None = None) -> Deferred[Any]:
         """Restart every app (rolling, blocking, or as each app is configured)."""
         assert self.pool is not None
@@ -164,9 +169,11 @@ class PassengerService(Service):
                 self._reconfigure(pool.groups[name], app, old_apps[name])
         for group in pool.groups.values():
             group.limits_changed()
-        if new.listen != self.config.listen:
+        if new.listen != self.config.listen or new.admin_listen != self.config.admin_listen:
             self.log.warn("Reload: the listen addresses changed; they take effect when the server restarts")
-        self.config = attrs.evolve(new, listen=self.config.listen)
+        self.config = attrs.evolve(new, listen=self.config.listen, admin_listen=self.config.admin_listen,
+                                   instance_registry_dir=self.config.instance_registry_dir)
+        self.admin.reconfigure()
         self.front.router = self._router()
         self.front.configure(self.config)
         pool.rebalance()
@@ -247,6 +254,7 @@ class PassengerService(Service):
             front.stop_sweeping()
         if pool is not None:
             yield pool.stop()
+        yield self.admin.stop()
         self.log.info("passenger stopped; every app process has exited")
         # twistd and twist re-raise the signal that stopped the reactor, so a
         # clean TERM would end with status -15.  The stop was graceful and

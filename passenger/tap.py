@@ -89,6 +89,16 @@ class Options(usage.Options):
         """Host name the app answers (repeatable; '*.example.com' and '*' allowed). [default: every host]"""
         self["server-name"].append(name)
 
+    def opt_admin_listen(self, description: str) -> None:
+        """Also serve the admin API, metrics and dashboard here, with basic auth (repeatable;
+        e.g. tcp:3001:interface=127.0.0.1). [default: only the instance directory's Unix socket]"""
+        self["admin-listen"].append(description)
+
+    def opt_hook(self, assignment: str) -> None:
+        """EVENT=COMMAND: run COMMAND (by /bin/sh) on attached_process, detached_process, spawn_failed or
+        queue_full_error, with PASSENGER_* variables describing it (repeatable)."""
+        self["hook"].append(assignment)
+
     def opt_app_support_kuria_protocol(self) -> None:
         """Alias of --app-supports-kuria-protocol (Passenger Standalone's spelling)."""
         self["app-supports-kuria-protocol"] = True

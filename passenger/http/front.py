@@ -113,6 +113,7 @@ class Request:
         "response_extra",
         "sent",
         "spool",
+        "started",
         "tries",
         "upgrade",
         "url",
@@ -147,6 +148,8 @@ class Request:
         self.complete = False
         self.sent = False
         self.tries = 0
+        #: When its head was complete (reactor seconds): the start of its latency and queue time.
+        self.started = 0.0
 
 
 @implementer(IPushProducer)
@@ -331,10 +334,11 @@ class FrontProtocol(Protocol):
         request.is_head = method == b"HEAD"
         request.head = self._upstream_head(request)
         request.group = self.factory.router.route(request.host, request.url)
+        factory = self.factory
+        request.started = now = factory.reactor.seconds()
         if self.active is None:
             # A body to read has a deadline for each pause; else the client waits for the answer.
-            factory = self.factory
-            self.deadline = factory.reactor.seconds() + factory.body_timeout if request.has_body else 0.0
+            self.deadline = now + factory.body_timeout if request.has_body else 0.0
             self._start(request)
         else:
             self.pipeline.append(request)
@@ -569,12 +573,12 @@ class FrontProtocol(Protocol):
             return
         self._resume(PAUSED_WAITING)
         self.process = process
-        if self.factory.access_log is not None:
-            self.upstream_at = self.factory.reactor.seconds()
+        request = self.active
+        self.upstream_at = now = self.factory.reactor.seconds()
+        self.group.stats.queue_time.observe(now - request.started)
         app = self.group.app
         if app.max_request_time:
             self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
-        request = self.active
         if request.expect_continue and not request.complete and not request.sent and self.transport is not None:
             request.expect_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # now the body has somewhere to go
@@ -644,6 +648,7 @@ class FrontProtocol(Protocol):
         if request is None or self.disconnected:
             return
         if request.tries >= MAX_TRIES or request.sent:
+            self.group.stats.upstream_errors += 1
             self._send_error(502, "Bad Gateway", "The application did not accept the connection.")
         else:
             self._start(request)
@@ -656,6 +661,7 @@ class FrontProtocol(Protocol):
             return
         self.upstream = None
         if self.responding:
+            self.group.stats.upstream_errors += 1
             self.log.warn("Process {pid} of {app} closed the connection in the middle of a response",
                           pid=process.pid, app=process.app)
             self._release()
@@ -671,12 +677,14 @@ class FrontProtocol(Protocol):
             return
         self.log.warn("Process {pid} of {app} closed the connection without answering ({reason})",
                       pid=process.pid, app=process.app, reason=reason.getErrorMessage())
+        self.group.stats.upstream_errors += 1
         self._release()
         self._send_error(502, "Bad Gateway", "The application closed the connection without sending a response.")
 
     def bad_response(self, upstream: UpstreamConnection, why: str) -> None:
         process = upstream.process
         self.log.warn("Process {pid} of {app} sent an invalid response: {why}", pid=process.pid, app=process.app, why=why)
+        self.group.stats.upstream_errors += 1
         self.upstream = None
         self._release()
         if self.responding:
@@ -701,6 +709,7 @@ class FrontProtocol(Protocol):
         self.request_timer = None
         if self.process is not process:
             return
+        self.group.stats.upstream_errors += 1
         self.group.stuck(process, self.group.app.max_request_time)
         self.cut_off(process, "The application did not answer within its max_request_time.")
 
@@ -821,9 +830,13 @@ class FrontProtocol(Protocol):
         if finished is not None and finished.spool is not None:
             finished.spool.close()
             finished.spool = None
-        access_log = self.factory.access_log
-        if access_log is not None and finished is not None:
-            self._log_access(access_log, finished)
+        if finished is not None:
+            group = finished.group
+            if group is not None and self.status:
+                group.stats.response(self.status, self.factory.reactor.seconds() - finished.started)
+            access_log = self.factory.access_log
+            if access_log is not None:
+                self._log_access(access_log, finished)
         self.status = self.sent = 0
         self.upstream_at = self.upstream_time = None
         self.send_stalled = False

@@ -31,6 +31,7 @@ from passenger.config import AppConfig
 from passenger.http.static import StaticFiles
 from passenger.pool.process import DEAD, READY, AppProcess
 from passenger.pool.routing import is_full, route
+from passenger.pool.stats import GroupStats
 from passenger.spawn.failure import minimal_report, save_failure
 from passenger.spawn.health import HealthMonitor, HealthResult, check_http
 from passenger.spawn.report import SpawnReport, log_line
@@ -142,6 +143,9 @@ class Group:
         self._next_always_restart = 0.0
         self._restart_waiters: list[Deferred[None]] = []
         self._readiness: dict[AppProcess, Deferred[bool]] = {}
+        self.stats = GroupStats()
+        #: The last spawn failures, with when they happened (for the dashboard and the status report).
+        self.recent_failures: collections.deque[tuple[float, SpawnReport]] = collections.deque(maxlen=10)
 
     # Life of the group.
     def start(self) -> None:
@@ -227,6 +231,8 @@ class Group:
         if limit and self.waiting >= limit:
             self.log.warn("Request queue of {app} is full ({size}); answering {status}", app=self.app.name,
                           size=self.waiting, status=self.app.request_queue_overflow_status_code)
+            self.stats.queue_full += 1
+            self.pool.notify("queue_full_error", self)
             waiter.reject(self.app.request_queue_overflow_status_code, "Service Unavailable",
                           "This website is under heavy load (queue full). Please try again in a moment.")
             return None
@@ -302,6 +308,15 @@ class Group:
                       "replacing the process", pid=process.pid, app=self.app.name, seconds=seconds)
         self._discard(process)
         self._settle()
+
+    def detach(self, process: AppProcess) -> bool:
+        """Take ``process`` out of rotation and stop it after its requests (the admin API's detach); False if it is not ready."""
+        if process.state != READY or process.draining:
+            return False
+        self.log.info("Detaching process {pid} of {app} (asked through the admin API)", pid=process.pid,
+                      app=self.app.name)
+        self._retire(process)
+        return True
 
     def recycle(self, process: AppProcess, why: str) -> None:
         """Replace ``process`` gracefully (memory limit and the like)."""
@@ -446,9 +461,10 @@ class Group:
 
     # ProcessObserver.
     def process_ready(self, process: AppProcess) -> None:
-        elapsed = (time.monotonic() - process.started_monotonic) * 1000
+        elapsed = time.monotonic() - process.started_monotonic
         self.log.info("Process {pid} of {app} is ready on port {port} ({ms:.0f} ms)",
-                      pid=process.pid, app=self.app.name, port=process.port, ms=elapsed)
+                      pid=process.pid, app=self.app.name, port=process.port, ms=elapsed * 1000)
+        self.stats.spawn_time.observe(elapsed)
         if process in self.spawning:
             self.spawning.remove(process)
         process.last_used = self._clock.seconds()
@@ -467,6 +483,7 @@ class Group:
             waiters, self._restart_waiters = self._restart_waiters, []
             for d in waiters:
                 d.callback(None)
+        self.pool.notify("attached_process", self, process=process)
         self._dispatch()
         self._maybe_spawn()
         self._watch_idle()
@@ -642,6 +659,7 @@ class Group:
             self.processes.remove(process)
         if process in self.ready:
             self.ready.remove(process)
+            self.pool.notify("detached_process", self, process=process)
         if process in self.spawning:
             self.spawning.remove(process)
         if process.sticky_id is not None:
@@ -667,10 +685,13 @@ class Group:
     def _spawn_failed(self, report: SpawnReport) -> None:
         self.failures += 1
         self.last_failure = report
+        self.stats.spawn_failures += 1
+        self.recent_failures.append((self._clock.seconds(), report))
         saved = save_failure(report, self.app.spawn_dir)
         self._failed_fingerprint = app_fingerprint(self.app.root)  # after saving: the report may land in the root
         self.log.error("{line}\n{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
                        error_id=report.error_id, tail="\n".join(report.output[-20:]))
+        self.pool.notify("spawn_failed", self, report=report)
         if not self.ready:
             for waiter in self._take_all_waiters():
                 waiter.spawn_failed(report)

@@ -32,6 +32,11 @@ class MemoryReader(Protocol):
         """Resident memory of ``pid`` in bytes, or None if it cannot be read (gone)."""
 
 
+class PoolListener(Protocol):
+    def pool_event(self, event: str, group: Group, details: dict[str, Any]) -> None:
+        """``event`` (attached_process, detached_process, spawn_failed, queue_full_error) happened to ``group``."""
+
+
 class Pool:
     log = Logger()
 
@@ -49,6 +54,23 @@ class Pool:
         #: Groups that need a process while the pool is full, first come first served.
         self.waiting: collections.deque[Group] = collections.deque()
         self._memory_timer: IDelayedCall | None = None
+        #: Told of process and queue events (the hooks).
+        self.listeners: list[PoolListener] = []
+
+    def notify(self, event: str, group: Group, **details: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener.pool_event(event, group, details)
+            except Exception:
+                self.log.failure("A listener of {event} failed", event=event)
+
+    def find_process(self, pid: int) -> tuple[Group, AppProcess] | None:
+        """The live process with this pid, and its group."""
+        for group in self.groups.values():
+            for process in group.processes:
+                if process.pid == pid:
+                    return group, process
+        return None
 
     def add(self, app: AppConfig) -> Group:
         group = Group(app, self.spawner, self.clock, self, jitter=self.jitter, drain_timeout=self.drain_timeout)

@@ -976,7 +976,8 @@ def test_server_settings() -> None:
                                                 "request_body_timeout", "keepalive_timeout", "max_connections",
                                                 "socket_backlog", "access_log", "ssl", "ssl_certificate",
                                                 "ssl_certificate_key", "ssl_port", "data_buffer_dir",
-                                                "response_buffer_high_watermark", "send_timeout"}
+                                                "response_buffer_high_watermark", "send_timeout",
+                                                "instance_registry_dir", "admin_listen", "hooks"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
