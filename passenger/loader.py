@@ -1,8 +1,9 @@
 """Build the ServerConfig from its sources, in Passenger's order of precedence.
 
-For each app: the command line > the config file's ``[[app]]`` table > the
-file's top level (defaults for every app) > the app's ``Passengerfile.json``
-> the defaults in ``options.py``.  Each value is converted by its setting with
+For each app: the command line > ``PASSENGER_<SETTING>`` environment
+variables > the config file's ``[[app]]`` table > the file's top level
+(defaults for every app) > the app's ``Passengerfile.json`` > the defaults in
+``options.py``.  Server settings: the command line > the environment > the file.  Each value is converted by its setting with
 a label naming its source, so an error says where the bad value is.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import attrs
 
 from passenger.config import AppConfig, ConfigError, ServerConfig
-from passenger.options import APP_SETTINGS, BY_KEY, SERVER_SETTINGS, Setting
+from passenger.options import APP_SETTINGS, BY_KEY, SERVER_SETTINGS, SETTINGS, Setting
 
 #: Passenger reads at most this much of an app's Passengerfile.json.
 PASSENGERFILE_CAP = 512 * 1024
@@ -39,6 +40,32 @@ class Layer:
 
 #: Table settings whose layers merge name by name instead of replacing each other.
 MERGED = ("envvars", "hooks")
+#: Environment variables name settings as PASSENGER_<KEY> (or a Passenger spelling: PASSENGER_APP_START_COMMAND).
+ENV_PREFIX = "PASSENGER_"
+#: Not taken from the environment: an app's identity (PASSENGER_APP_ROOT is what hooks and apps are given),
+#: and tables (there is no unambiguous way to write them in one variable).
+NOT_FROM_ENV = frozenset({"name", "root", "envvars", "hooks"})
+
+
+def environment_names(setting: Setting) -> tuple[str, ...]:
+    """The environment variables that set ``setting`` (none for NOT_FROM_ENV)."""
+    if setting.key in NOT_FROM_ENV:
+        return ()
+    return tuple(ENV_PREFIX + name.upper() for name in (setting.key, *setting.aliases))
+
+
+def read_environment(environ: Mapping[str, str]) -> Layer:
+    """``PASSENGER_<SETTING>`` variables as a layer; a list setting takes space-separated values."""
+    values: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for setting in SETTINGS:
+        for name in environment_names(setting):
+            if name in environ:
+                raw = environ[name]
+                values[setting.key] = raw.split() if setting.repeatable else raw
+                names[setting.key] = name
+    return Layer(values, lambda setting: f"environment variable {names.get(setting.key, setting.key)}")
+
 
 def cli_label(setting: Setting) -> str:
     return setting.option
@@ -163,13 +190,15 @@ def _labeller(layers: list[Layer], fallback: Layer) -> Labeller:
     return label
 
 
-def build_app(cli: Layer, file_layers: list[Layer], missing_root: str) -> tuple[AppConfig, Labeller]:
-    """One app from the command line and its file tables (lowest first); ``missing_root`` if none gives one."""
+def build_app(cli: Layer, file_layers: list[Layer], missing_root: str,
+              env: Layer | None = None) -> tuple[AppConfig, Labeller]:
+    """One app from the command line, the environment and its file tables (lowest first); ``missing_root``
+    if none gives one."""
     root_setting = BY_KEY["root"]
     with_root = [layer for layer in [*file_layers, cli] if "root" in layer.values]
     source = with_root[-1] if with_root else cli
     root = root_setting.convert(source.label(root_setting), source.values.get("root", missing_root))
-    layers = [read_passengerfile(root), *file_layers, cli]
+    layers = [read_passengerfile(root), *file_layers, *([env] if env is not None else []), cli]
     label = _labeller(layers, file_layers[-1] if file_layers else cli)
     values = _resolve(APP_SETTINGS, layers)
     values["root"] = root
@@ -186,14 +215,18 @@ def build_app(cli: Layer, file_layers: list[Layer], missing_root: str) -> tuple[
     return app, label
 
 
-def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) -> ServerConfig:
-    """The whole server config from the command line (raw values by setting key) and an optional file."""
+def build_config(cli_values: Mapping[str, Any], config_path: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The whole server config from the command line (raw values by setting key), ``PASSENGER_*``
+    variables in ``environ`` and an optional file."""
     cli = Layer({key: value for key, value in cli_values.items() if value is not None}, cli_label)
+    env = read_environment(environ or {})
     app_cli, server_cli = cli.only("app"), cli.only("server")
+    app_env, server_env = env.only("app"), env.only("server")
     built: list[tuple[AppConfig, Labeller]] = []
     if config_path is None:
         server_file = Layer({}, cli_label)
-        built.append(build_app(app_cli, [], os.getcwd()))
+        built.append(build_app(app_cli, [], os.getcwd(), app_env))
     else:
         top, tables = read_config_file(config_path)
         server_file = top.only("server")
@@ -204,11 +237,12 @@ def build_config(cli_values: Mapping[str, Any], config_path: str | None = None) 
         for table in tables:
             if "root" not in table.values and "root" not in app_cli.values:
                 raise ConfigError(table.label(BY_KEY["root"]) + " is required (the directory of the app)")
-            built.append(build_app(app_cli, [top.only("app"), table], os.getcwd()))
-    if {"address", "port"} & server_cli.values.keys() and "listen" not in server_cli.values:
-        # --address/--port on the command line replace the file's listen.
+            built.append(build_app(app_cli, [top.only("app"), table], os.getcwd(), app_env))
+    given = {**server_env.values, **server_cli.values}
+    if {"address", "port"} & given.keys() and "listen" not in given:
+        # --address/--port (on the command line or in the environment) replace the file's listen.
         server_file = Layer({k: v for k, v in server_file.values.items() if k != "listen"}, server_file.label)
-    server_layers = [server_file, server_cli]
+    server_layers = [server_file, server_env, server_cli]
     server = _resolve(SERVER_SETTINGS, server_layers)
     plain_http = not server["ssl"] or server["ssl_port"] is not None
     listen = server["listen"] or ((_default_listen(server["address"], server["port"]),) if plain_http else ())

@@ -133,10 +133,20 @@ class Options(usage.Options):
             raise ConfigExit(str(e)) from None
 
     def _build(self, path: str | None) -> ServerConfig:
-        config = build_config(self.given(), path)
+        config = build_config(self.given(), path, os.environ)
         skip_tls_stack_unless_needed(config.listen)
-        for description in config.listen:
-            _check_listen(description)
+        bound: dict[int, tuple[str, str]] = {}
+        for option, descriptions in (("--listen", config.listen), ("--admin-listen", config.admin_listen)):
+            for description in descriptions:
+                found = _check_listen(description, option)
+                if found is None:
+                    continue
+                interface, port = found
+                other = bound.get(port)
+                if other is not None and (other[1] == interface or "" in (other[1], interface)
+                                          or {other[1], interface} & {"0.0.0.0", "::"}):
+                    raise ConfigError(f"{option} {description!r} and {other[0]} both want port {port}")
+                bound[port] = (f"{option} {description!r}", interface)
         return config
 
 
@@ -159,28 +169,28 @@ def skip_tls_stack_unless_needed(listen: tuple[str, ...]) -> None:
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
 
-def _check_listen(description: str) -> None:
-    """Reject unparseable endpoints and TCP ports that are already taken."""
+def _check_listen(description: str, option: str = "--listen") -> tuple[str, int] | None:
+    """Reject unparseable endpoints and TCP ports that are already taken; the TCP (interface, port), if any."""
     from twisted.internet import endpoints
 
     try:
         endpoint = endpoints.serverFromString(None, description)
     except IndexError:
-        raise ConfigError(f"--listen {description!r}: systemd passed no socket at that index "
+        raise ConfigError(f"{option} {description!r}: systemd passed no socket at that index "
                           "(see LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID)") from None
     except OSError as e:
-        raise ConfigError(f"--listen {description!r}: {e.strerror}: {e.filename}") from None
+        raise ConfigError(f"{option} {description!r}: {e.strerror}: {e.filename}") from None
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"--listen {description!r}: {e}") from None
+        raise ConfigError(f"{option} {description!r}: {e}") from None
     if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
-        _check_adopted(description, endpoint.fileno, endpoint.addressFamily)
-        return
+        _check_adopted(description, endpoint.fileno, endpoint.addressFamily, option)
+        return None
     port = getattr(endpoint, "_port", None)
     interface = getattr(endpoint, "_interface", "")
     if not isinstance(port, int) or port == 0:
-        return
+        return None
     if port > 65535:
-        raise ConfigError(f"--listen {description!r}: port {port} is above 65535")
+        raise ConfigError(f"{option} {description!r}: port {port} is above 65535")
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -194,18 +204,19 @@ def _check_listen(description: str) -> None:
         raise ConfigError(f"cannot listen on {interface or '*'}:{port}: {e.strerror}") from None
     finally:
         probe.close()
+    return interface, port
 
 
-def _check_adopted(description: str, fileno: int, family: socket.AddressFamily) -> None:
+def _check_adopted(description: str, fileno: int, family: socket.AddressFamily, option: str = "--listen") -> None:
     """A socket systemd passed must be the family ``domain=`` says (else client addresses come out garbled)."""
     try:
         with socket.socket(fileno=os.dup(fileno)) as passed:
             actual = passed.family
     except OSError as e:
-        raise ConfigError(f"--listen {description!r}: descriptor {fileno} is not a socket ({e.strerror})") from None
+        raise ConfigError(f"{option} {description!r}: descriptor {fileno} is not a socket ({e.strerror})") from None
     if actual != family:
         names = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}
-        raise ConfigError(f"--listen {description!r}: systemd passed an {names.get(actual, actual)} socket; "
+        raise ConfigError(f"{option} {description!r}: systemd passed an {names.get(actual, actual)} socket; "
                           f"use domain={names.get(actual, actual)} (ListenStream=0.0.0.0:PORT gives an INET socket, "
                           "a bare port an INET6 one)")
 
@@ -215,5 +226,5 @@ def makeService(options: Options) -> IService:
     from passenger.service import PassengerService
 
     config_file, given = options["config-file"], options.given()
-    return PassengerService(options["config"], load_config=lambda: build_config(given, config_file),
+    return PassengerService(options["config"], load_config=lambda: build_config(given, config_file, os.environ),
                             handle_signals=True)

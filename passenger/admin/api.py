@@ -10,17 +10,19 @@ dashboard's basic auth).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from passenger import __version__
-from passenger.admin import dashboard, metrics, state
-from passenger.admin.auth import FULL, NONE, READ, Passwords, authorize
+from passenger.admin import dashboard, state
+from passenger.admin.auth import FULL, NONE, READ, Passwords, Verdict, authorize
 
 if TYPE_CHECKING:
     from passenger.service import PassengerService
@@ -31,6 +33,15 @@ JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 #: Largest request body the API reads (its requests are a few bytes of JSON).
 MAX_BODY = 65536
+#: Seconds an admin connection may stay idle.
+IDLE_TIMEOUT = 60
+#: On every answer: the dashboard may not be framed by another site (clickjacking its buttons).
+SECURITY_HEADERS = (
+    (b"Cache-Control", b"no-store"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"X-Frame-Options", b"DENY"),
+    (b"Content-Security-Policy", b"frame-ancestors 'none'"),
+)
 
 
 class ApiError(Exception):
@@ -85,8 +96,8 @@ class AdminAPI(Resource):
         status, content_type, body = answer
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", content_type)
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
         if status == 401:
             request.setHeader(b"WWW-Authenticate", b'Basic realm="passenger admin"')
         return body
@@ -100,16 +111,32 @@ class AdminAPI(Resource):
                 raise ApiError(405, f"{path.decode()} takes {' or '.join(allowed)}")
             raise ApiError(404, f"no such endpoint: {path.decode(errors='replace')}")
         level, handler = route
-        verdict = authorize(request.channel.transport, request.getHeader(b"authorization"), self.passwords)
+        verdict = self.verdict(request.channel.transport, request.getHeader(b"authorization"))
         if verdict.level == NONE:
             raise ApiError(401, verdict.reason)
         if verdict.level < level:
             raise ApiError(403, verdict.reason)
+        request.access_level = verdict.level  # type: ignore[attr-defined]
         if method == b"POST":
             content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
             if content_type != JSON:
                 raise ApiError(415, "send the request body as JSON (Content-Type: application/json)")
         return handler(request)
+
+    def verdict(self, transport: Any, authorization: bytes | None) -> Verdict:
+        return authorize(transport, authorization, self.passwords)
+
+    def refuse_early(self, transport: Any, headers: Any, length: int | None) -> tuple[int, str] | None:
+        """Judge a request by its head, before any of its body is read: (status, reason) to refuse it."""
+        authorization = headers.getRawHeaders(b"authorization", [None])[0]
+        verdict = self.verdict(transport, authorization)
+        if verdict.level == NONE:
+            return 401, verdict.reason
+        if headers.hasHeader(b"transfer-encoding"):
+            return 411, "send the request body with a Content-Length"
+        if length is not None and length > MAX_BODY:
+            return 413, f"request body too large (at most {MAX_BODY} bytes)"
+        return None
 
     # Reading.
     def pool_state(self) -> dict[str, Any]:
@@ -129,6 +156,8 @@ class AdminAPI(Resource):
         return 200, TEXT, state.render_pool_text(self.pool_state(), verbose).encode()
 
     def metrics(self, request: Request) -> Answer:
+        from passenger.admin import metrics  # prometheus-client costs memory only once someone scrapes
+
         body, content_type = metrics.render(self.service)
         return 200, content_type.encode(), body
 
@@ -136,7 +165,9 @@ class AdminAPI(Resource):
         return 200, b"text/html; charset=utf-8", dashboard.page()
 
     def dashboard_state(self, request: Request) -> Answer:
-        return json_answer(dashboard.state(self.service, self.pool_state()))
+        data = dashboard.state(self.service, self.pool_state())
+        data["can_act"] = getattr(request, "access_level", NONE) >= FULL
+        return 200, JSON, json.dumps(data, separators=(",", ":")).encode()  # polled every second: compact
 
     # Acting.
     @staticmethod
@@ -189,8 +220,43 @@ class AdminAPI(Resource):
         return json_answer({"status": "ok"})
 
 
+class AdminRequest(Request):
+    """A request refused from its head alone when it must be (unauthenticated, chunked or too large a body):
+    nobody can make the server read or store a body it will not use."""
+
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        resource = self.channel.site.resource  # type: ignore[attr-defined]
+        refusal = resource.refuse_early(self.channel.transport, self.requestHeaders, length)
+        if refusal is None:
+            super().gotLength(length)
+            return
+        self.refused = True
+        self.content = io.BytesIO()
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the refusal
+        status, reason = refusal
+        body = json.dumps({"error": reason}, indent=2).encode() + b"\n"
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Error")),
+                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n" % len(body)]
+        head += [name + b": " + value + b"\r\n" for name, value in SECURITY_HEADERS]
+        if status == 401:
+            head.append(b'WWW-Authenticate: Basic realm="passenger admin"\r\n')
+        transport: Any = self.channel.transport
+        transport.write(b"".join(head) + b"\r\n" + body)
+        transport.loseConnection()  # stops reading too: the body is never received
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self.refused:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self.refused:
+            super().process()
+
+
 def admin_site(service: PassengerService, passwords: Passwords) -> Site:
-    site = Site(AdminAPI(service, passwords))
+    site = Site(AdminAPI(service, passwords), requestFactory=AdminRequest, timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -52,6 +52,11 @@ def peer_uid(transport: Any) -> int | None:
     return uid
 
 
+def _matches(given: str, expected: str) -> bool:
+    """Constant-time comparison; an empty password (one that could not be set) never matches."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def authorize(transport: Any, authorization: bytes | None, passwords: Passwords) -> Verdict:
     """What the client on ``transport`` with this Authorization header may do."""
     uid = peer_uid(transport)
@@ -69,8 +74,8 @@ def authorize(transport: Any, authorization: bytes | None, passwords: Passwords)
         return Verdict(NONE, "Malformed basic authentication header")
     if not sep:
         return Verdict(NONE, "Malformed basic authentication header")
-    if user == FULL_USER and hmac.compare_digest(password.encode(), passwords.full.encode()):
+    if user == FULL_USER and _matches(password, passwords.full):
         return Verdict(FULL)
-    if user == READ_ONLY_USER and hmac.compare_digest(password.encode(), passwords.read_only.encode()):
+    if user == READ_ONLY_USER and _matches(password, passwords.read_only):
         return Verdict(READ, "The ro_admin account is read-only; use the admin account (the full password) to act")
     return Verdict(NONE, "Wrong user name or password")

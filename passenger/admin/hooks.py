@@ -2,7 +2,10 @@
 
 The command runs by ``/bin/sh -c`` as a child process of the reactor, so a slow
 hook never blocks serving; what it prints is logged, and so is a non-zero exit
-or a hang (killed after HOOK_TIMEOUT).  The event's details are in the
+or a hang (killed after HOOK_TIMEOUT).  Its stdin is closed at once.  When the
+server stops, hooks still running (those the shutdown itself fired, say) get
+STOP_GRACE seconds to finish before they are killed, and the instance directory
+they were given is removed only after that.  The event's details are in the
 environment, as Passenger passes them: PASSENGER_HOOK_NAME, PASSENGER_APP_ROOT,
 PASSENGER_APP_GROUP_NAME, and for process events PASSENGER_PROCESS_PID, for
 spawn failures PASSENGER_ERROR_ID, PASSENGER_ERROR_CATEGORY and
@@ -15,6 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
 HOOK_TIMEOUT = 60.0
 #: Output of a hook kept for the log.
 OUTPUT_LIMIT = 4096
+#: Seconds hooks still running when the server stops get to finish.
+STOP_GRACE = 5.0
 
 
 class _HookRun(ProcessProtocol):
@@ -37,14 +43,22 @@ class _HookRun(ProcessProtocol):
         self.command = command
         self.output = b""
         self._timer = reactor.callLater(HOOK_TIMEOUT, self._too_long)
+        self.ended: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.closeStdin()  # a hook that reads stdin gets EOF
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if len(self.output) < OUTPUT_LIMIT:
             self.output += data[:OUTPUT_LIMIT - len(self.output)]
 
-    def _too_long(self) -> None:
+    def _too_long(self, seconds: float = HOOK_TIMEOUT) -> None:
         self.log.warn("Hook {event} ({command}) ran longer than {seconds:.0f}s; killing it",
-                      event=self.event, command=self.command, seconds=HOOK_TIMEOUT)
+                      event=self.event, command=self.command, seconds=seconds)
+        self.kill()
+
+    def kill(self) -> None:
         if self.transport is not None:
             try:
                 self.transport.signalProcess("KILL")
@@ -54,6 +68,7 @@ class _HookRun(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         if self._timer.active():
             self._timer.cancel()
+        self.ended.callback(None)
         output = self.output.decode("utf-8", "replace").rstrip()
         if reason.check(ProcessDone):
             if output:
@@ -72,18 +87,42 @@ class Hooks:
         self.reactor = reactor
         self.commands = dict(commands)
         self.instance_dir = instance_dir
+        self.running: set[_HookRun] = set()
 
     def pool_event(self, event: str, group: Group, details: dict[str, Any]) -> None:
         command = self.commands.get(event)
         if command is None:
             return
         env = {**os.environ, **self.environment(event, group, details)}
+        run = _HookRun(event, command, self.reactor)
         try:
-            self.reactor.spawnProcess(_HookRun(event, command, self.reactor), "/bin/sh", ["/bin/sh", "-c", command],
-                                      env=env, path=group.app.root if os.path.isdir(group.app.root) else "/",
+            self.reactor.spawnProcess(run, "/bin/sh", ["/bin/sh", "-c", command], env=env,
+                                      path=group.app.root if os.path.isdir(group.app.root) else "/",
                                       childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
             self.log.warn("Hook {event} ({command}) could not start: {error}", event=event, command=command, error=e)
+            return
+        self.running.add(run)
+        run.ended.addCallback(lambda _: self.running.discard(run))
+
+    def stop(self) -> Deferred[Any]:
+        """Fires when no hook runs any more: they get STOP_GRACE seconds, then they are killed."""
+        runs = list(self.running)
+        if not runs:
+            return DeferredList([])
+        def kill_all() -> None:
+            for run in runs:
+                run._too_long(STOP_GRACE)
+
+        timer = self.reactor.callLater(STOP_GRACE, kill_all)
+        done = DeferredList([run.ended for run in runs])
+
+        def over(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(over)
 
     def environment(self, event: str, group: Group, details: dict[str, Any]) -> dict[str, str]:
         env = {

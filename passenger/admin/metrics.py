@@ -52,7 +52,9 @@ class PoolCollector(Collector):
         processes = GaugeMetricFamily("passenger_processes", "App processes by state", labels=["app", "state"])
         spawns = CounterMetricFamily("passenger_spawns", "Processes spawned", labels=["app"])
         failures = CounterMetricFamily("passenger_spawn_failures", "Spawns that failed", labels=["app"])
-        spawn_time = _histogram("passenger_spawn_duration_seconds", "Seconds from spawn to ready")
+        spawn_time = HistogramMetricFamily("passenger_spawn_duration_seconds",
+                                           "Seconds from spawn to ready (outcome=ready) or to failure (outcome=failed)",
+                                           labels=["app", "outcome"])
         restarts = CounterMetricFamily("passenger_restarts", "App restarts", labels=["app"])
         upstream_errors = CounterMetricFamily(
             "passenger_upstream_errors", "Requests an app failed: refused, closed early, invalid response, "
@@ -65,7 +67,9 @@ class PoolCollector(Collector):
                 requests.add_metric([name, str(status)], count)
             _add(latency, name, stats.latency)
             _add(queue_time, name, stats.queue_time)
-            _add(spawn_time, name, stats.spawn_time)
+            spawn_time.add_metric([name, "ready"], stats.spawn_time.cumulative(), stats.spawn_time.total)
+            spawn_time.add_metric([name, "failed"], stats.failed_spawn_time.cumulative(),
+                                  stats.failed_spawn_time.total)
             queue.add_metric([name], group.waiting)
             counts = dict.fromkeys(PROCESS_STATES, 0)
             for process in (*group.processes, *group.leaving):

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
     from passenger.service import PassengerService
 
-#: Longest Unix socket path the kernel takes (sun_path is 108 bytes with its NUL).
-MAX_SOCKET_PATH = 107
 #: Seconds between two samples of the request counters (the dashboard's chart).
 SAMPLE_INTERVAL = 1.0
 
@@ -64,12 +62,11 @@ class AdminServer:
         self.instance = made
         self.passwords = Passwords(made.password(full=False) or "", made.password(full=True) or "")
         self._site.resource.passwords = self.passwords
-        socket_path = str(made.socket_path)
-        if len(socket_path.encode()) > MAX_SOCKET_PATH:
+        if not made.has_socket:
             self.log.warn("The admin socket path {path} is too long for a Unix socket; the admin API is only on "
-                          "--admin-listen (use a shorter --instance-registry-dir)", path=socket_path)
+                          "--admin-listen (use a shorter --instance-registry-dir)", path=str(made.socket_path))
         else:
-            self.socket = service.reactor.listenUNIX(socket_path, self._site, mode=0o600, wantPID=False)
+            self.socket = service.reactor.listenUNIX(str(made.socket_path), self._site, mode=0o600, wantPID=False)
         for listener in self.listeners:
             listener.startService()
         if config.hooks:
@@ -87,11 +84,10 @@ class AdminServer:
         pool = self.service.pool
         if pool is None:
             return
-        if self.hooks is not None:
-            pool.listeners.remove(self.hooks)
-            self.hooks = None
         hooks = self.service.config.hooks
-        if hooks:
+        if self.hooks is not None:
+            self.hooks.commands = dict(hooks)  # hooks running now go on, and are waited for at stop
+        elif hooks:
             self.hooks = Hooks(self.service.reactor, hooks, str(self.instance.path) if self.instance else None)
             pool.listeners.append(self.hooks)
 
@@ -111,6 +107,8 @@ class AdminServer:
         if self.socket is not None:
             stopping.append(maybeDeferred(self.socket.stopListening))
             self.socket = None
+        if self.hooks is not None:
+            stopping.append(self.hooks.stop())  # before the directory they were given goes
 
         def remove(result: object) -> object:
             if self.instance is not None:

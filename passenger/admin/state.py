@@ -103,7 +103,7 @@ def group_state(group: Group, now: float, info: ProcessInfo) -> dict[str, Any]:
         "disabling_process_count": sum(1 for p in processes if p.draining),
         "processes_being_spawned": len(group.spawning),
         "spawning": bool(group.spawning),
-        "restarting": group.rolling,
+        "restarting": group.restarting,
         "capacity_used": len(group.processes),
         "get_wait_list_size": group.waiting,
         "min_instances": app.min_instances,

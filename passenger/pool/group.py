@@ -491,6 +491,7 @@ class Group:
     def process_failed(self, process: AppProcess, reason: str) -> None:
         report = process.failure or minimal_report(self.app, f"process {process.pid} {reason}", process.pid,
                                                    tuple(process.log_tail()[-50:]))
+        self.stats.failed_spawn_time.observe(time.monotonic() - process.started_monotonic)
         self._forget(process)
         if process.state != DEAD:
             self._leave(process, process.wait_stopped())
@@ -530,6 +531,11 @@ class Group:
         self._retire(process)
 
     # Restarts.
+    @property
+    def restarting(self) -> bool:
+        """A restart is under way: rolling, or blocking until its first new process is ready."""
+        return self.rolling or bool(self._restart_waiters)
+
     def restart(self, rolling: bool | None = None, reason: str = "") -> Deferred[None]:
         """Replace every process with one of the app as it is now; fires when the restart is over.
 

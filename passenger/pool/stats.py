@@ -55,6 +55,8 @@ class GroupStats:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.queue_time = Histogram(LATENCY_BUCKETS)
         self.spawn_time = Histogram(SPAWN_BUCKETS)
+        #: How long spawns that failed took to fail.
+        self.failed_spawn_time = Histogram(SPAWN_BUCKETS)
         self.spawn_failures = 0
         #: Responses the app broke: connection refused or closed early, invalid response, timed out.
         self.upstream_errors = 0

@@ -56,7 +56,11 @@ from tests.unit.cli import config_error, parse
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the endpoints Options would check, without binding anything."""
     seen: list[str] = []
-    monkeypatch.setattr(tap, "_check_listen", seen.append)
+
+    def check(description: str, option: str = "--listen") -> None:
+        seen.append(description)
+
+    monkeypatch.setattr(tap, "_check_listen", check)
     return seen
 
 
@@ -1154,3 +1158,63 @@ def test_listen_list() -> None:
     assert listen_list("l", ["tcp:1", "tcp:2"]) == ("tcp:1", "tcp:2")
     with pytest.raises(ConfigError, match=r"^l: give at least one endpoint"):
         listen_list("l", [])
+
+
+# PASSENGER_<SETTING> environment variables: between the command line and the file.
+
+
+def test_environment_sits_between_the_command_line_and_the_file(tmp_path: Path, api: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, f"""
+        max_pool_size = 9
+        request_head_timeout = 5
+        min_instances = 2
+        {app_table("api", api, "max_instances = 4", "concurrency = 3")}
+        """)
+    monkeypatch.setenv("PASSENGER_MAX_POOL_SIZE", "7")
+    monkeypatch.setenv("PASSENGER_CONCURRENCY", "5")
+    monkeypatch.setenv("PASSENGER_MAX_INSTANCES", "6")
+    config = load("--config", path, "--max-instances", "8")
+    (app,) = config.apps
+    assert config.max_pool_size == 7, "the environment overrides the file's server setting"
+    assert config.request_head_timeout == 5.0, "what the environment does not set comes from the file"
+    assert app.concurrency == 5, "the environment overrides the [[app]] table"
+    assert app.max_instances == 8, "the command line overrides the environment"
+    assert app.min_instances == 2
+
+
+def test_environment_overrides_passengerfile_and_defaults(api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_passengerfile(api, {"environment": "staging", "min_instances": 2})
+    monkeypatch.setenv("PASSENGER_ENVIRONMENT", "development")
+    monkeypatch.setenv("PASSENGER_APP_START_COMMAND", "node server.js")  # Passenger's spelling
+    monkeypatch.setenv("PASSENGER_STICKY_SESSIONS", "true")
+    monkeypatch.setenv("PASSENGER_SERVER_NAMES", "a.example b.example")
+    (app,) = load("--app-root", str(api)).apps
+    assert (app.environment, app.start_command, app.sticky_sessions) == ("development", "node server.js", True)
+    assert app.server_names == ("a.example", "b.example"), "list settings: space-separated"
+    assert app.min_instances == 2, "the Passengerfile still gives what the environment does not"
+
+
+def test_environment_port_replaces_the_files_listen(tmp_path: Path, api: Path, checked: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, f"""
+        listen = ["tcp:8080"]
+        {app_table("api", api)}
+        """)
+    monkeypatch.setenv("PASSENGER_PORT", "8181")
+    assert load("--config", path).listen == ("tcp:8181:interface=0.0.0.0",)
+
+
+def test_a_bad_environment_value_names_its_variable(api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASSENGER_MAX_POOL_SIZE", "many")
+    message = config_error("--app-root", str(api), "--app-start-command", "run")
+    assert message.startswith("environment variable PASSENGER_MAX_POOL_SIZE 'many':"), message
+
+
+def test_variables_that_are_not_settings_or_name_an_app_are_ignored(api: Path, web: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASSENGER_APP_ROOT", str(web))  # what hooks and apps are given, not a setting here
+    monkeypatch.setenv("PASSENGER_REQUIRE_NODE", "1")
+    monkeypatch.setenv("PASSENGER_ENVVARS", "A=1")
+    (app,) = load("--app-root", str(api), "--app-start-command", "run").apps
+    assert app.root == str(api) and dict(app.envvars) == {}

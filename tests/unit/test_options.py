@@ -33,7 +33,11 @@ PLUGIN = Path(__file__).resolve().parents[2] / "twisted" / "plugins" / "passenge
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the endpoints Options would check, without binding anything."""
     seen: list[str] = []
-    monkeypatch.setattr(tap, "_check_listen", seen.append)
+
+    def check(description: str, option: str = "--listen") -> None:
+        seen.append(description)
+
+    monkeypatch.setattr(tap, "_check_listen", check)
     return seen
 
 
