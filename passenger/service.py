@@ -77,6 +77,10 @@ class PassengerService(Service):
         self._fast = False
         #: The instance directory, the admin API, hooks.
         self.admin = AdminServer(self)
+        #: Requests served outside the front end (embedding: AppPoolResource.drain): each callable returns a
+        #: Deferred that fires once its requests are done.  A stop waits for them with the front end's, within
+        #: the drain timeout, then cancels them (they cut off what is left) and stops the app processes.
+        self.drains: list[Callable[[], Deferred[None]]] = []
 
     @property
     def reactor(self) -> Any:
@@ -159,6 +163,8 @@ class PassengerService(Service):
             self.log.info("Reload: {app} is gone from the configuration; stopping it", app=name)
             self.watchers.pop(name).stop()
             pool.remove(name)
+        if new == self.config:
+            self.log.info("Reload: the configuration is unchanged")
         for name, app in new_apps.items():
             if name not in old_apps:
                 self.log.info("Reload: starting the new app {app}", app=name)
@@ -189,15 +195,34 @@ class PassengerService(Service):
         group.restart(reason="its settings changed")
 
     def reopen_logs(self) -> None:
-        """Reopen the server's log file and the access log (logrotate moved them)."""
-        if self.front is not None and self.front.access_log is not None:
-            self.front.access_log.reopen()
-            self.log.info("Reopened the access log {path}", path=self.front.access_log.path)
+        """Reopen the server's log file and the access log (logrotate moved them).
+
+        Each is opened anew only if the new file can be created: otherwise the
+        old one stays in use (logging goes on, to the moved file) and the
+        reason is logged, instead of every later line being lost.
+        """
+        access_log = self.front.access_log if self.front is not None else None
+        if access_log is not None and self._can_open(access_log.path, "access log"):
+            access_log.reopen()
+            self.log.info("Reopened the access log {path}", path=access_log.path)
         if self._log_file is None:
             self.log.info("USR1: no log file to reopen (logging to a terminal or syslog)")
             return
-        self._log_file.reopen()
-        self.log.info("Reopened the log file {path}", path=self._log_file.path)
+        if self._can_open(self._log_file.path, "log file"):
+            self._log_file.reopen()
+            self.log.info("Reopened the log file {path}", path=self._log_file.path)
+
+    def _can_open(self, path: str, what: str) -> bool:
+        if path == "-":
+            return True
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            self.log.error("Cannot reopen the {what} {path} ({error}); still writing to the old one",
+                           what=what, path=path, error=e.strerror)
+            return False
+        return True
 
     def fast_stop(self) -> None:
         """Stop without letting requests finish (SIGQUIT)."""
@@ -228,6 +253,14 @@ class PassengerService(Service):
         super().stopService()
         return self._stop()
 
+    def _drain_requests(self, front: FrontFactory) -> Deferred[Any]:
+        """Fires when the front end's requests and those of every ``drains`` entry are done; fails if one fails
+        (a cancel on the drain timeout)."""
+        if not self.drains:
+            return front.shut_down()
+        return DeferredList([front.shut_down(), *(drain() for drain in self.drains)],
+                            fireOnOneErrback=True, consumeErrors=True)
+
     @inlineCallbacks
     def _stop(self) -> Any:
         pool, front = self.pool, self.front
@@ -240,7 +273,7 @@ class PassengerService(Service):
             if self._fast:
                 front.abort_all()
             else:
-                drained = front.shut_down()
+                drained = self._drain_requests(front)
                 timeout = self.reactor.callLater(self.config.drain_timeout, drained.cancel)
                 try:
                     yield drained

@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from twisted.application.service import IService
@@ -125,10 +126,23 @@ class Options(usage.Options):
                 values[key] = False
         return values
 
-    def postOptions(self) -> None:
-        path, self["config-file"] = self["config"], self["config"]
+    def parseOptions(self, options: Any = None) -> None:
+        """An unknown option or a missing value: one line (twistd would print the whole --help)."""
         try:
-            self["config"] = self._build(path)
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise ConfigExit(f"{e} (see twistd passenger --help)") from None
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if path is not None:
+            path = os.path.abspath(path)  # twistd may chdir (--rundir) before a SIGHUP reads it again
+        self["config-file"] = path
+        try:
+            self["config"] = config = self._build(path)
+            parent = getattr(self, "parent", None)
+            if parent is not None and os.geteuid() == 0 and parent.get("uid") is not None:
+                _check_directories_as(config, parent["uid"], parent.get("gid"))
         except ConfigError as e:
             raise ConfigExit(str(e)) from None
 
@@ -185,6 +199,14 @@ def _check_listen(description: str, option: str = "--listen") -> tuple[str, int]
     if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
         _check_adopted(description, endpoint.fileno, endpoint.addressFamily, option)
         return None
+    unix_path = getattr(endpoint, "_address", None)
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint) and isinstance(unix_path, str):
+        directory = os.path.dirname(os.path.abspath(unix_path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"{option} {description!r}: no such directory {directory}")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {description!r}: cannot create a socket in {directory} (permission denied)")
+        return None
     port = getattr(endpoint, "_port", None)
     interface = getattr(endpoint, "_interface", "")
     if not isinstance(port, int) or port == 0:
@@ -205,6 +227,31 @@ def _check_listen(description: str, option: str = "--listen") -> tuple[str, int]
     finally:
         probe.close()
     return interface, port
+
+
+def _check_directories_as(config: ServerConfig, uid: int, gid: int | None) -> None:
+    """The directories the server writes to after twistd drops to --uid/--gid must be writable by that account.
+
+    The settings' own checks ran as root; without this, the failure comes after
+    the fork, as a cut-off traceback instead of a line on the terminal.
+    """
+    from passenger.admin.instance import registry_dir
+
+    wanted = [("--instance-registry-dir", str(registry_dir(config.instance_registry_dir))),
+              ("--data-buffer-dir", config.data_buffer_dir or tempfile.gettempdir())]
+    saved_gid = os.getegid()
+    try:
+        if gid is not None:
+            os.setegid(gid)
+        os.seteuid(uid)
+        refused = [(option, path) for option, path in wanted
+                   if not os.access(path, os.W_OK | os.X_OK, effective_ids=True)]
+    finally:
+        os.seteuid(0)
+        os.setegid(saved_gid)
+    if refused:
+        option, path = refused[0]
+        raise ConfigError(f"{option} {path!r}: the account the server runs as (--uid {uid}) cannot write there")
 
 
 def _check_adopted(description: str, fileno: int, family: socket.AddressFamily, option: str = "--listen") -> None:

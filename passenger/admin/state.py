@@ -63,7 +63,7 @@ def process_state(process: AppProcess, group: Group, now: float, info: ProcessIn
     return {
         "pid": process.pid,
         "sticky_session_id": process.sticky_id,
-        "concurrency": process.concurrency or 0,
+        "concurrency": process.concurrency,
         "sessions": process.sessions,
         "busyness": _busyness(process),
         "processed": process.processed,
@@ -186,7 +186,9 @@ def render_pool_text(state: dict[str, Any], verbose: bool = False) -> str:
                 lines.append("    Spawning...")
             if verbose:
                 lines.append(f"    URL     : {process['address']}")
-                lines.append(f"    Generation: {process['generation']}   Concurrency: {process['concurrency']}")
+                concurrency = process["concurrency"]
+                shown = "unknown" if concurrency is None else "unlimited" if concurrency == 0 else concurrency
+                lines.append(f"    Generation: {process['generation']}   Concurrency: {shown}")
         if verbose and group["last_spawn_error"] is not None:
             error = group["last_spawn_error"]
             lines.append(f"  Last spawn error: {error['summary']} (error ID {error['error_id']})")

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import html
+from http import HTTPStatus
 
 from passenger.http.dates import date_line
 
-REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    417: "Expectation Failed",
-    431: "Request Header Fields Too Large",
-    505: "HTTP Version Not Supported",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+#: Reason phrases by status: Python's table, with RFC 9110's newer names for 413 and 414.
+REASONS = {status.value: status.phrase for status in HTTPStatus} | {413: "Content Too Large", 414: "URI Too Long"}
+
+
+def reason(status: int) -> str:
+    return REASONS.get(status, "Error")
 
 
 def error_response(status: int, title: str, detail: str, keep_alive: bool) -> bytes:

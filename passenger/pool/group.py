@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from passenger.config import AppConfig
+from passenger.http.errors import reason
 from passenger.http.static import StaticFiles
 from passenger.pool.process import DEAD, READY, AppProcess
 from passenger.pool.routing import is_full, route
@@ -233,7 +234,8 @@ class Group:
                           size=self.waiting, status=self.app.request_queue_overflow_status_code)
             self.stats.queue_full += 1
             self.pool.notify("queue_full_error", self)
-            waiter.reject(self.app.request_queue_overflow_status_code, "Service Unavailable",
+            status = self.app.request_queue_overflow_status_code
+            waiter.reject(status, reason(status),
                           "This website is under heavy load (queue full). Please try again in a moment.")
             return None
         if not self.ready and not self.spawning and self._backoff is not None and self.last_failure:
@@ -695,8 +697,9 @@ class Group:
         self.recent_failures.append((self._clock.seconds(), report))
         saved = save_failure(report, self.app.spawn_dir)
         self._failed_fingerprint = app_fingerprint(self.app.root)  # after saving: the report may land in the root
-        self.log.error("{line}\n{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
-                       error_id=report.error_id, tail="\n".join(report.output[-20:]))
+        output = report.output[-20:]
+        self.log.error("{line}{tail}", line=log_line(report, saved), app=self.app.name, pid=report.pid,
+                       error_id=report.error_id, tail="".join("\n" + line for line in output))
         self.pool.notify("spawn_failed", self, report=report)
         if not self.ready:
             for waiter in self._take_all_waiters():
