@@ -474,6 +474,8 @@ class FrontProtocol(Protocol):
             parts += (b"X-Forwarded-Port: ", forwarded.get(b"x-forwarded-port", self.local_port), b"\r\n")
             if b"forwarded" in forwarded:
                 parts += (b"Forwarded: ", forwarded[b"forwarded"], b", for=", self._forwarded_for(), b"\r\n")
+            if b"x-forwarded-prefix" in forwarded:  # where the proxy mounts us: only it can say
+                parts += (b"X-Forwarded-Prefix: ", forwarded[b"x-forwarded-prefix"], b"\r\n")
         else:
             if self.peer:
                 parts += (b"X-Forwarded-For: ", self.peer, b"\r\n")

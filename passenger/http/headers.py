@@ -22,7 +22,7 @@ HOP_BY_HOP = frozenset(
 #: Request headers the client may not set: the server sets them from what it saw
 #: (a trusted proxy's are kept and extended).
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-                       b"forwarded"})
+                       b"x-forwarded-prefix", b"forwarded"})
 
 #: Request headers the server handles itself before passing (or replacing) them.
 SERVER_HANDLED = frozenset({b"expect", b"x-request-id"})

@@ -625,7 +625,8 @@ def test_allow_underscore_headers_keeps_only_underscore_names(serve: Callable[..
 
 
 FORWARDING = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.test"),
-              ("X-Forwarded-Port", "6666"), ("Forwarded", "for=6.6.6.6;proto=https;host=evil.test")]
+              ("X-Forwarded-Port", "6666"), ("Forwarded", "for=6.6.6.6;proto=https;host=evil.test"),
+              ("X-Forwarded-Prefix", "/evil")]
 
 
 @pytest.mark.parametrize("spelling", cases("forwarded", [("canonical", str), ("lowercase", str.lower),
@@ -638,6 +639,7 @@ def test_client_forwarding_headers_are_replaced(app: Server, spelling: Callable[
     assert header_values(entry, "X-Forwarded-Host") == ["strict.test"], headers
     # Port and Forwarded: the server's own value, or none; never the client's.
     assert header_values(entry, "X-Forwarded-Port") in ([], [str(app.port)]), headers
+    assert header_values(entry, "X-Forwarded-Prefix") == [], headers
     forwarded = header_values(entry, "Forwarded")
     assert len(forwarded) <= 1, headers
     for value in forwarded:
@@ -656,8 +658,11 @@ def test_trusted_proxy_extends_x_forwarded_for(serve: Callable[..., Server], net
                                                expected: str) -> None:
     server = serve(recording_args("--trusted-proxy", network))
     take_record(server)
-    _reply, entry = send_headers(server, [("X-Forwarded-For", sent)] if sent else [])
+    _reply, entry = send_headers(server, [("X-Forwarded-For", sent), ("X-Forwarded-Prefix", "/outer")] if sent else [])
     assert header_values(entry, "X-Forwarded-For") == [expected], entry["headers"]
+    if sent:  # a trusted proxy says where it mounts us; anyone else may not
+        trusted = expected != "127.0.0.1"
+        assert header_values(entry, "X-Forwarded-Prefix") == (["/outer"] if trusted else []), entry["headers"]
 
 
 REQUEST_IDS: list[tuple[str, str | None, bool]] = [
