@@ -55,6 +55,7 @@ def test_wheel_installs_a_twistd_plugin_and_nothing_of_twisted(tmp_path: Path) -
     assert "twisted/plugins/__init__.py" not in names, "would shadow Twisted's own plugins package"
     assert not [n for n in names if n.endswith("dropin.cache")], "a stale plugin cache must not ship"
     assert "passenger/__init__.py" in names and "passenger/pool/group.py" in names
+    assert "passenger/admin/dashboard.html" in names, "the dashboard page is package data"
     strays = [n for n in names if not re.match(r"(passenger/|twisted/plugins/passenger_plugin\.py$|[^/]+\.dist-info/)", n)]
     assert strays == [], f"unexpected files in the wheel: {strays}"
 
@@ -76,6 +77,8 @@ def test_wheel_installs_a_twistd_plugin_and_nothing_of_twisted(tmp_path: Path) -
 
     sub_help = run([str(venv / "bin" / "twistd"), "passenger", "--help"], cwd=tmp_path).stdout
     assert "--app-start-command" in sub_help
+    for tool, expected in (("passenger-status", "--show"), ("passenger-config", "restart-app")):
+        assert expected in run([str(venv / "bin" / tool), "--help"], cwd=tmp_path).stdout, tool
     timings["twistd"] = time.monotonic() - mark
 
     total = time.monotonic() - started
