@@ -19,7 +19,6 @@ Three names, importable from here (``from passenger.embed import ...``):
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import ipaddress
 import os
@@ -56,8 +55,8 @@ from passenger.http.headers import (
     RESPONSE_DROPPED,
     connection_tokens,
 )
-from passenger.loader import build_config
-from passenger.options import BY_KEY, SETTINGS
+from passenger.loader import build_config, find_setting
+from passenger.options import SETTINGS
 from passenger.service import PassengerService
 from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
 
@@ -96,11 +95,7 @@ def load_config(path: str | None = None, **settings: Any) -> ServerConfig:
     """
     values: dict[str, Any] = {}
     for key, value in settings.items():
-        setting = BY_KEY.get(key)
-        if setting is None:
-            close = difflib.get_close_matches(key, BY_KEY, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"load_config: unknown setting {key!r}{hint}")
+        setting = find_setting(key, "load_config: ")
         if setting.key in values:
             raise ConfigError(f"load_config: {setting.key!r} is given twice (as an alias too)")
         values[setting.key] = value

@@ -77,16 +77,22 @@ def _file_label(path: str, prefix: str = "", written: Mapping[str, str] | None =
     return lambda setting: f"{path}: {prefix}{names.get(setting.key, setting.key)}"
 
 
+def find_setting(key: str, where: str) -> Setting:
+    """The setting named ``key`` (or an alias); an unknown one is an error with a "did you mean" hint."""
+    setting = BY_KEY.get(key)
+    if setting is None:
+        close = difflib.get_close_matches(key, BY_KEY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}unknown setting {key!r}{hint}")
+    return setting
+
+
 def _table_layer(path: str, where: str, table: Mapping[str, Any], scope: str) -> Layer:
     """A file table as a Layer: keys resolved to settings (aliases too); unknown or misplaced keys are errors."""
     found: dict[str, Any] = {}
     written: dict[str, str] = {}
     for key, value in table.items():
-        setting = BY_KEY.get(key)
-        if setting is None:
-            close = difflib.get_close_matches(key, BY_KEY, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: {where}unknown setting {key!r}{hint}")
+        setting = find_setting(key, f"{path}: {where}")
         if scope == "app" and setting.scope == "server":
             raise ConfigError(f"{path}: {where}{key!r} is a server setting; put it at the top of the file")
         if scope == "top" and setting.key in ONE_APP_KEYS:
