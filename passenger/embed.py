@@ -58,7 +58,7 @@ from passenger.http.headers import (
 from passenger.loader import build_config, find_setting
 from passenger.options import SETTINGS
 from passenger.service import PassengerService
-from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
+from passenger.spawn.report import SpawnReport, error_answer
 
 if TYPE_CHECKING:
     from passenger.pool.group import Group
@@ -403,17 +403,9 @@ class _Exchange:
         """Waiter: the app cannot start; the same answer as the front end's (Passenger's error page, or JSON)."""
         self.queued = False
         assert self.group is not None
-        app = self.group.app
         request = self.request
-        detailed = app.friendly_error_pages if app.friendly_error_pages is not None else app.environment == "development"
-        if app.custom_error_page is not None:
-            body, kind = app.custom_error_page, "text/html; charset=utf-8"
-        elif prefers_json(request.getHeader(b"accept"), request.getHeader(b"content-type")):
-            body, kind = render_json(report, detailed), "application/json"
-        else:
-            body = render_detailed_html(report) if detailed else render_generic_html(report)
-            kind = "text/html; charset=utf-8"
-        self._answer(app.spawn_error_status, body, kind)
+        self._answer(*error_answer(report, self.group.app, request.getHeader(b"accept"),
+                                   request.getHeader(b"content-type")))
 
     # The request as the app sees it.
     def _headers(self) -> Headers:

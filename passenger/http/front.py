@@ -41,13 +41,14 @@ from passenger.http.headers import (
     REQUEST_DROPPED,
     REQUEST_ID_CHARS,
     connection_tokens,
+    pick,
 )
 from passenger.http.response_buffer import ResponseBuffer
 from passenger.http.router import Router
 from passenger.http.static import StaticFile, StaticFiles
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
 from passenger.pool.process import READY
-from passenger.spawn.report import SpawnReport, prefers_json, render_detailed_html, render_generic_html, render_json
+from passenger.spawn.report import SpawnReport, error_answer
 
 if TYPE_CHECKING:
     from passenger.pool.group import Group
@@ -605,24 +606,8 @@ class FrontProtocol(Protocol):
         """Waiter: the app cannot start; answer as Passenger does (§1.8), with its error ID."""
         self.process = None
         request = self.active
-        app = self.group.app
-        accept = content_type = None
-        if request is not None:
-            for name, value in request.headers:
-                lname = name.lower()
-                if lname == b"accept":
-                    accept = value
-                elif lname == b"content-type":
-                    content_type = value
-        detailed = app.friendly_error_pages if app.friendly_error_pages is not None else app.environment == "development"
-        if app.custom_error_page is not None:
-            body, kind = app.custom_error_page, "text/html; charset=utf-8"
-        elif prefers_json(accept, content_type):
-            body, kind = render_json(report, detailed), "application/json"
-        else:
-            body = render_detailed_html(report) if detailed else render_generic_html(report)
-            kind = "text/html; charset=utf-8"
-        self._send_page(app.spawn_error_status, body, kind)
+        accept, content_type = pick(request.headers, b"accept", b"content-type") if request is not None else (None, None)
+        self._send_page(*error_answer(report, self.group.app, accept, content_type))
 
     def upstream_connected(self, upstream: UpstreamConnection) -> None:
         request = self.active
@@ -863,13 +848,7 @@ class FrontProtocol(Protocol):
             self._resume(PAUSED_PIPELINE)
 
     def _log_access(self, access_log: AccessLog, request: Request) -> None:
-        referer = agent = None
-        for name, value in request.headers:
-            lname = name.lower()
-            if lname == b"referer":
-                referer = value
-            elif lname == b"user-agent":
-                agent = value
+        referer, agent = pick(request.headers, b"referer", b"user-agent")
         upstream_at, upstream = self.upstream_at, self.upstream_time
         if upstream is None and upstream_at is not None:
             upstream = self.factory.reactor.seconds() - upstream_at

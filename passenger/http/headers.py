@@ -43,3 +43,15 @@ REQUEST_ID_CHARS = NAME_CHARS + b"._"
 def connection_tokens(value: bytes) -> set[bytes]:
     """The header names listed in a ``Connection`` header, lower-cased."""
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def pick(headers: list[tuple[bytes, bytes]], first: bytes, second: bytes) -> tuple[bytes | None, bytes | None]:
+    """The values of two headers (lower-case names; the last of each wins), in one pass over the list."""
+    one = two = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == first:
+            one = value
+        elif lname == second:
+            two = value
+    return one, two

@@ -29,8 +29,12 @@ import time
 from collections.abc import Iterable, Mapping
 from html.parser import HTMLParser
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from passenger.config import AppConfig
 
 CATEGORIES = ("INTERNAL_ERROR", "FILE_SYSTEM_ERROR", "OPERATING_SYSTEM_ERROR", "IO_ERROR", "TIMEOUT_ERROR")
 
@@ -604,6 +608,24 @@ def prefers_json(accept: bytes | None, content_type: bytes | None) -> bool:
         return False
     media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
     return media == "application/json"
+
+
+def error_answer(report: SpawnReport, app: AppConfig, accept: bytes | None,
+                 content_type: bytes | None) -> tuple[int, bytes, str]:
+    """What a request gets when its app cannot start (§1.8): status, body, content type.
+
+    The app's custom page if it has one; else JSON or HTML as the client
+    prefers, detailed only with friendly error pages (on in development).
+    """
+    detailed = app.friendly_error_pages if app.friendly_error_pages is not None else app.environment == "development"
+    if app.custom_error_page is not None:
+        body, kind = app.custom_error_page, "text/html; charset=utf-8"
+    elif prefers_json(accept, content_type):
+        body, kind = render_json(report, detailed), "application/json"
+    else:
+        body = render_detailed_html(report) if detailed else render_generic_html(report)
+        kind = "text/html; charset=utf-8"
+    return app.spawn_error_status, body, kind
 
 
 def log_line(report: SpawnReport, saved_path: str | None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import http.client
+import json
 import os
 import re
 import shutil
@@ -13,7 +15,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -132,14 +135,24 @@ class Server:
             raise
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in self.app_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_server(self.proc, self.app_pids())
+
+
+def kill_pids(pids: Iterable[int]) -> None:
+    """SIGKILL whichever of ``pids`` still run (a test's cleanup; gone or not ours is fine)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_server(proc: subprocess.Popen[bytes] | None, app_pids: Iterable[int]) -> None:
+    """Kill a server process (and reap it), then every app process it spawned."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    kill_pids(app_pids)
 
 
 def start_server(tmp: Path, args: list[str], ready: int = 1) -> Server:
@@ -309,3 +322,55 @@ def in_thread(function: Callable[[], RawResponse]) -> Callable[[float], RawRespo
         return box["result"]  # type: ignore[return-value]
 
     return result
+
+
+# Requests the way a plain HTTP client makes them.
+
+ECHO_APP = f"{APP_PYTHON} echo_app.py"
+LIFE_APP = f"{APP_PYTHON} life_app.py"
+#: The detail of the server's 404 page for a host and path no app answers.
+NOT_FOUND_DETAIL = b"No application is configured for this host and path."
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    cookies: list[str]
+    body: bytes
+    elapsed: float
+
+    @property
+    def pid(self) -> int | None:
+        """The app process that answered (echo_app and life_app send X-Pid)."""
+        value = self.headers.get("x-pid")
+        return int(value) if value is not None else None
+
+    def json(self) -> dict[str, object]:
+        result = json.loads(self.body)
+        assert isinstance(result, dict)
+        return result
+
+    def env(self) -> dict[str, str]:
+        """The app's environment, as life_app's /env reports it."""
+        env = self.json()["env"]
+        assert isinstance(env, dict)
+        return env
+
+
+def fetch(port: int, path: str, host: str | None = None, headers: dict[str, str] | None = None,
+          timeout: float = 10.0) -> Reply:
+    """One GET on a fresh connection (``Connection: close``), with this Host header (default: the address)."""
+    sent = {"Connection": "close", **(headers or {})}
+    if host is not None:
+        sent["Host"] = host
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers=sent)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
+                 response.msg.get_all("Set-Cookie") or [], body, time.monotonic() - started)

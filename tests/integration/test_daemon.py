@@ -45,6 +45,8 @@ from tests.integration.conftest import (
     TWISTD,
     echo_app_args,
     free_port,
+    kill_pids,
+    kill_server,
     pid_alive,
     world_dir,
 )
@@ -141,11 +143,7 @@ class Daemon:
         return [*processes_mentioning(str(self.pidfile)), *(p for p in self.app_pids() if pid_alive(p))]
 
     def kill(self) -> None:
-        for pid in self.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_pids(self.leftovers())
 
 
 @pytest.fixture
@@ -279,7 +277,7 @@ def privileged_port() -> int:
             except OSError:
                 continue
             return port
-    pytest.skip("no free port below 1024")
+    pytest.fail("every port from 901 to 1023 (and 81) is taken: cannot test binding a privileged port")
 
 
 def owned_app_root(user: str) -> Path:
@@ -330,14 +328,7 @@ class Foreground:
         return self.proc.wait(40)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in self.app_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_server(self.proc, self.app_pids())
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from twisted.web.server import Site
 
 from passenger.config import ConfigError
 from passenger.embed import AppPoolResource, PassengerService, load_config
-from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, free_port, pid_alive, world_dir
+from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, free_port, kill_server, pid_alive, world_dir
 from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,14 +96,7 @@ class Program:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in self.app_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_server(self.proc, self.app_pids())
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,

@@ -9,7 +9,6 @@ nothing, and a hook that never ends blocks nothing.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
@@ -23,6 +22,7 @@ from tests.integration.conftest import (
     RawRequest,
     Server,
     echo_app_args,
+    kill_pids,
     pid_alive,
     wait_for,
     world_dir,
@@ -208,11 +208,7 @@ def hung_pids(pids: Path) -> list[int]:
 
 
 def kill_all(pids: Path) -> None:
-    for pid in hung_pids(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_pids(hung_pids(pids))
 
 
 def test_a_hook_that_never_ends_blocks_nothing(serve: Serve, tmp_path: Path) -> None:

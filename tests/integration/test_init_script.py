@@ -20,7 +20,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from tests.integration.conftest import (
     TWISTD,
     RawRequest,
     free_port,
+    kill_pids,
     pid_alive,
     world_dir,
 )
@@ -135,11 +135,7 @@ class Service:
         return [int(pid) for pid in re.findall(r"Spawning process (\d+)", logs)]
 
     def kill(self) -> None:
-        for pid in [*self.seen_pids, *self.app_pids()]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids([*self.seen_pids, *self.app_pids()])
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import http.client
-import json
 import re
 import threading
 import time
@@ -30,10 +29,14 @@ from pathlib import Path
 
 from tests.integration.config_files import q, spawned_by_app, write_toml
 from tests.integration.conftest import (
-    APP_PYTHON,
     APPS,
+    ECHO_APP,
+    LIFE_APP,
+    NOT_FOUND_DETAIL,
     RawRequest,
+    Reply,
     Server,
+    fetch,
     life_app_args,
     pid_exists,
     wait_for,
@@ -41,49 +44,9 @@ from tests.integration.conftest import (
 
 Serve = Callable[..., Server]
 
-ECHO_APP = f"{APP_PYTHON} echo_app.py"
-LIFE_APP = f"{APP_PYTHON} life_app.py"
-NOT_FOUND_DETAIL = b"No application is configured for this host and path."
 
 
 # Small helpers.
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    cookies: list[str]
-    body: bytes
-    elapsed: float
-
-    @property
-    def pid(self) -> int | None:
-        value = self.headers.get("x-pid")
-        return int(value) if value is not None else None
-
-    def json(self) -> dict[str, object]:
-        result = json.loads(self.body)
-        assert isinstance(result, dict)
-        return result
-
-
-def fetch(server: Server, path: str, host: str | None = None, headers: dict[str, str] | None = None,
-          timeout: float = 10.0) -> Reply:
-    """One request on a fresh connection, with this Host header (default: the server's address)."""
-    sent = dict(headers or {})
-    if host is not None:
-        sent["Host"] = host
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    started = time.monotonic()
-    try:
-        connection.request("GET", path, headers=sent)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
-                 response.msg.get_all("Set-Cookie") or [], body, time.monotonic() - started)
-
 
 def listening(server: Server) -> Server:
     """A server started with ready=0 once it accepts connections."""
@@ -127,7 +90,7 @@ def test_config_file_apps_routed_by_host_and_wildcard(serve: Serve, tmp_path: Pa
         (f"shop.example.test:{server.port}", "wild"),
     ]
     for host, app in cases:
-        reply = fetch(server, "/echo?from=" + host, host=host)
+        reply = fetch(server.port, "/echo?from=" + host, host=host)
         assert reply.status == 200, (host, reply)
         info = reply.json()
         env = info["env"]
@@ -139,7 +102,7 @@ def test_config_file_apps_routed_by_host_and_wildcard(serve: Serve, tmp_path: Pa
 
     # No app answers these hosts: the server's own 404 page, no app involved.
     for host in ("other.test", "example.test", "alpha.test.evil", "xalpha.test"):
-        reply = fetch(server, "/echo", host=host)
+        reply = fetch(server.port, "/echo", host=host)
         assert reply.status == 404, (host, reply)
         assert NOT_FOUND_DETAIL in reply.body, reply.body
         assert reply.pid is None, f"an app answered {host}: {reply}"
@@ -172,14 +135,14 @@ def test_config_file_apps_routed_by_base_uri_and_command_line_overrides_file(ser
     pids = spawned_by_app(server.log())
     assert {app: len(p) for app, p in pids.items()} == {"site": 2, "api": 2}, pids
 
-    site = fetch(server, "/echo")
+    site = fetch(server.port, "/echo")
     assert site.status == 200 and site.pid in pids["site"], site
     env = site.json()["env"]
     assert isinstance(env, dict)
     assert env.get("GREETING") == "site"
     assert "PASSENGER_BASE_URI" not in env, env
 
-    api = fetch(server, "/api/echo?x=1")
+    api = fetch(server.port, "/api/echo?x=1")
     assert api.status == 200 and api.pid in pids["api"], api
     info = api.json()
     env = info["env"]
@@ -191,7 +154,7 @@ def test_config_file_apps_routed_by_base_uri_and_command_line_overrides_file(ser
     # Prefixes match on a segment boundary; everything else is the site's.
     for path, app in [("/api", "api"), ("/api/", "api"), ("/api?q=1", "api"), ("/api/v1/things", "api"),
                       ("/", "site"), ("/apis", "site"), ("/apiary/x", "site"), ("/other/api", "site")]:
-        reply = fetch(server, path)
+        reply = fetch(server.port, path)
         assert reply.status == 200, (path, reply)
         assert reply.pid in pids[app], (path, app, reply.pid, pids)
 
@@ -310,7 +273,7 @@ def test_max_requests_recycles_processes_under_load_without_failures(serve: Serv
             if number is None:
                 return
             try:
-                reply = fetch(server, f"/pid?n={number}")
+                reply = fetch(server.port, f"/pid?n={number}")
             except OSError as e:
                 with lock:
                     failures.append(f"request {number}: {e!r}")
@@ -363,13 +326,13 @@ def test_full_pool_evicts_another_apps_idle_process(serve: Serve, tmp_path: Path
     server = listening(serve(["--config", str(config)], ready=0))
     assert server.app_pids() == []  # min_instances 0: nothing until a request comes
 
-    first = fetch(server, "/a/pid")
+    first = fetch(server.port, "/a/pid")
     assert first.status == 200, first
     a_pid = first.pid
     assert a_pid is not None and spawned_by_app(server.log()) == {"aaa": [a_pid]}
-    assert fetch(server, "/a/pid").pid == a_pid  # its process stays while nobody needs the room
+    assert fetch(server.port, "/a/pid").pid == a_pid  # its process stays while nobody needs the room
 
-    second = fetch(server, "/b/pid")
+    second = fetch(server.port, "/b/pid")
     assert second.status == 200, second
     b_pid = second.pid
     assert b_pid is not None and b_pid != a_pid
@@ -380,7 +343,7 @@ def test_full_pool_evicts_another_apps_idle_process(serve: Serve, tmp_path: Path
     assert log.index(f"Stopping idle process {a_pid} of aaa") < log.index(f"Spawning process {b_pid} of bbb")
 
     # And back: bbb's idle process makes room for a new one of aaa.
-    third = fetch(server, "/a/pid")
+    third = fetch(server.port, "/a/pid")
     assert third.status == 200 and third.pid not in (a_pid, b_pid, None), third
     server.wait_log(rf"Stopping idle process {b_pid} of bbb to make room for another app")
     wait_for(lambda: not pid_exists(b_pid), 10, what=f"bbb's process {b_pid} to exit")
@@ -408,7 +371,7 @@ def test_request_waiting_longer_than_max_request_queue_time_gets_504(serve: Serv
     # The client holding the process leaves: the process serves again at once.
     holder.close()
     wait_for(holder.server_let_go, 5, what="the server to let go of the holding request")
-    after = fetch(server, "/pid?after")
+    after = fetch(server.port, "/pid?after")
     assert after.status == 200 and after.pid == pid, after
     assert after.elapsed < 0.5, after
 
@@ -428,7 +391,7 @@ def test_request_running_longer_than_max_request_time_gets_504_and_process_is_re
 
     server.wait_ready(2)
     (new,) = [pid for pid in server.app_pids() if pid != old]
-    after = fetch(server, "/pid")
+    after = fetch(server.port, "/pid")
     assert after.status == 200 and after.pid == new, (after, old, new)
 
 
@@ -464,14 +427,14 @@ def test_sticky_sessions_send_a_client_back_to_its_process(serve: Serve, tmp_pat
     pids = set(server.app_pids())
     cookie_of: dict[int, str] = {}
 
-    first = fetch(server, "/pid")
+    first = fetch(server.port, "/pid")
     assert first.status == 200 and first.pid in pids, first
     cookie_of[first.pid] = route_cookie(first)
 
     # To get the other process's cookie, keep the first busy: the least busy one is the other.
     holder = RawRequest(server.port, "/sleep?ms=700")
     busy = int(server.wait_log(r"App (\d+) stdout: request GET /sleep\?ms=700\n")[0].group(1))
-    other = fetch(server, "/pid")
+    other = fetch(server.port, "/pid")
     assert other.status == 200 and other.pid in pids - {busy}, (other, busy)
     cookie_of[other.pid] = route_cookie(other)
     held = holder.response()
@@ -482,14 +445,14 @@ def test_sticky_sessions_send_a_client_back_to_its_process(serve: Serve, tmp_pat
     # Both processes are idle now; each cookie brings its client back to its process, every time.
     for pid, cookie in cookie_of.items():
         for i in range(8):
-            reply = fetch(server, f"/pid?{i}", headers={"Cookie": f"theme=dark; _passenger_route={cookie}; x=y"})
+            reply = fetch(server.port, f"/pid?{i}", headers={"Cookie": f"theme=dark; _passenger_route={cookie}; x=y"})
             assert reply.status == 200, reply
             assert reply.pid == pid, f"request {i} with the cookie of {pid} went to {reply.pid}"
             assert route_cookie(reply) == cookie
 
     # Without the cookie (or with an unknown one) any process may answer, and says which it was.
     for headers in ({}, {"Cookie": "_passenger_route=12345"}, {"Cookie": "_passenger_route=garbage"}):
-        reply = fetch(server, "/pid", headers=headers)
+        reply = fetch(server.port, "/pid", headers=headers)
         assert reply.status == 200 and reply.pid in pids, reply
         assert route_cookie(reply) == cookie_of[reply.pid]
     assert set(server.app_pids()) == pids
@@ -507,11 +470,11 @@ def test_a_process_above_its_memory_limit_is_replaced(serve: Serve, tmp_path: Pa
         """)
     server = serve(["--config", str(config)], ready=1)
     [first] = server.app_pids()
-    assert fetch(server, "/alloc?mb=150").status == 200
+    assert fetch(server.port, "/alloc?mb=150").status == 200
     server.wait_log(rf"Process {first} of hungry uses \d+ MB, above its memory_limit of 80 MB; replacing it",
                     timeout=15)
     wait_for(lambda: not pid_exists(first), timeout=15, what=f"process {first} to exit")
-    reply = fetch(server, "/pid")
+    reply = fetch(server.port, "/pid")
     assert reply.status == 200 and int(reply.body) != first
 
 
@@ -531,4 +494,4 @@ def test_processes_idle_for_pool_idle_time_stop_down_to_min_instances(serve: Ser
     assert len(grown) >= 3
     server.wait_log(r"was idle for \d+s \(pool_idle_time\); stopping it", count=len(grown) - 1, timeout=15)
     wait_for(lambda: sum(pid_exists(pid) for pid in grown) == 1, timeout=15, what="all but one to exit")
-    assert fetch(server, "/pid").status == 200
+    assert fetch(server.port, "/pid").status == 200

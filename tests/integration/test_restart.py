@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.conftest import APP_PYTHON, APPS, Server, pid_exists, world_dir
+from tests.integration.conftest import APP_PYTHON, APPS, Reply, Server, fetch, pid_exists, world_dir
 from tests.polling import wait_for
 
 Serve = Callable[..., Server]
@@ -110,35 +110,13 @@ def all_gone(pids: list[int]) -> bool:
     return not any(pid_exists(pid) for pid in pids)
 
 
-@dataclass
-class Reply:
-    status: int
-    pid: int | None
-    body: bytes
-    elapsed: float
-
-
-def fetch(server: Server, path: str, timeout: float = 10.0) -> Reply:
-    """One GET on a fresh connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    started = time.monotonic()
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    pid = response.getheader("X-Pid")
-    return Reply(response.status, int(pid) if pid else None, body, time.monotonic() - started)
-
-
 def fetch_in_thread(server: Server, path: str, timeout: float = 15.0) -> Callable[[], Reply]:
     """Start ``fetch`` in a thread now; the returned callable joins it and returns its reply."""
     box: dict[str, object] = {}
 
     def run() -> None:
         try:
-            box["reply"] = fetch(server, path, timeout)
+            box["reply"] = fetch(server.port, path, timeout=timeout)
         except BaseException as e:  # handed to the test thread
             box["error"] = e
 
@@ -275,7 +253,7 @@ def test_blocking_restart_under_load_only_2xx_and_every_process_replaced(serve: 
     late = {hit.pid for hit in hits if hit.started >= after_restart}
     assert late and late <= set(new), f"after the restart, requests went to {late}; new processes: {new}"
     for _ in range(5):
-        reply = fetch(server, "/pid")
+        reply = fetch(server.port, "/pid")
         assert reply.status == 200 and reply.pid in new, reply
     log = server.log()
     assert log.count("Restarting blocking") == 1, log
@@ -322,7 +300,7 @@ def test_rolling_restart_under_load_replaces_processes_one_at_a_time(serve: Serv
 
     late = {hit.pid for hit in hits if hit.started >= after_restart}
     assert late and late <= set(new), f"after the restart, requests went to {late}; new processes: {new}"
-    served = {fetch(server, "/pid").pid for _ in range(6)}
+    served = {fetch(server.port, "/pid").pid for _ in range(6)}
     assert served <= set(new), served
     assert not re.search(r"removed from the pool", log), log
 
@@ -363,7 +341,7 @@ def test_slow_request_in_flight_finishes_on_its_old_process_which_exits_after(se
     (new,) = [pid for pid in server.app_pids() if pid != old]
     # Meanwhile other requests go to the new process; the old one is still running the slow one.
     for _ in range(3):
-        reply = fetch(server, "/pid")
+        reply = fetch(server.port, "/pid")
         assert reply.status == 200 and reply.pid == new, reply
     assert pid_exists(old), "the old process was stopped with a request in flight"
     assert f"app {old} got SIGTERM" not in server.log(), server.log()
@@ -396,7 +374,7 @@ def test_drain_timeout_answers_504_to_a_request_still_running_and_stops_the_old_
                     r"answering them 504 and stopping it")
     server.wait_log(rf"App {old} stdout: app {old} got SIGTERM")
     wait_for(lambda: not pid_exists(old), 10, what=f"the old process {old} to exit")
-    after = fetch(server, "/pid")
+    after = fetch(server.port, "/pid")
     assert after.status == 200 and after.pid not in (old, None), after
 
 
@@ -428,7 +406,7 @@ def test_resist_deployment_errors_keeps_old_processes_until_a_fixed_deploy(serve
     assert "this version is broken" in server.log()
     served: collections.Counter[int | None] = collections.Counter()
     for _ in range(10):
-        reply = fetch(server, "/pid")
+        reply = fetch(server.port, "/pid")
         assert reply.status == 200, reply
         served[reply.pid] += 1
     assert set(served) <= set(old), f"served by {served}, the old processes are {old}"
@@ -443,7 +421,7 @@ def test_resist_deployment_errors_keeps_old_processes_until_a_fixed_deploy(serve
     wait_for(lambda: all_gone(old), 10, what=f"the old processes {old} to exit")
     new = [pid for pid in ready_pids(server, "resistant") if pid not in old]
     assert len(new) == 2, server.log()
-    served = collections.Counter(fetch(server, "/pid").pid for _ in range(6))
+    served = collections.Counter(fetch(server.port, "/pid").pid for _ in range(6))
     assert set(served) <= set(new), served
     assert server.log().count("Rolling restart of resistant stopped") == 1
 
@@ -576,14 +554,14 @@ def test_always_restart_txt_serves_requests_a_second_apart_from_different_proces
     root = app_root()
     (root / "tmp" / "always_restart.txt").write_text("")
     server = serve(app_args(root, "always", f"{APP_PYTHON} echo_app.py"), ready=1)
-    first = fetch(server, "/pid")
+    first = fetch(server.port, "/pid")
     assert first.status == 200 and first.pid is not None, first
     started = time.monotonic()  # the restart for the first request happened before this
     # Requests for a little more than a second: within the second no new restart,
     # so they go to the first one's process; the last comes after it.
     replies: list[tuple[float, Reply]] = []
     while time.monotonic() - started < 1.2:
-        replies.append((time.monotonic() - started, fetch(server, "/pid")))
+        replies.append((time.monotonic() - started, fetch(server.port, "/pid")))
     assert all(reply.status == 200 for _, reply in replies), replies
     early = {reply.pid for at, reply in replies if at < 0.5}
     assert early == {first.pid}, f"requests within half a second of the first went to {early}, not {first.pid}"
@@ -690,7 +668,7 @@ def test_restart_stops_the_old_process_with_the_stop_signal(serve: Serve) -> Non
     assert time.monotonic() - touched < 3
     assert "sending KILL" not in server.log(), server.log()
     (new,) = [pid for pid in server.app_pids() if pid != old]
-    assert fetch(server, "/pid").pid == new
+    assert fetch(server.port, "/pid").pid == new
 
 
 def ignoring(signal_name: str) -> str:
@@ -706,7 +684,7 @@ def test_old_process_ignoring_its_stop_signal_is_killed_after_shutdown_timeout(s
     touched = touch_restart(root)
     server.wait_ready(2)
     (new,) = [pid for pid in server.app_pids() if pid != old]
-    assert fetch(server, "/pid").pid == new, "the new process should serve while the old one is stopping"
+    assert fetch(server.port, "/pid").pid == new, "the new process should serve while the old one is stopping"
     assert pid_exists(old)
     wait_for(lambda: not pid_exists(old), 10, what=f"the old process {old} to be killed")
     took = time.monotonic() - touched

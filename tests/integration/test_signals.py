@@ -19,8 +19,6 @@ a process to be gone, or for the load loop to have seen enough answers.
 from __future__ import annotations
 
 import configparser
-import http.client
-import json
 import os
 import re
 import shlex
@@ -39,13 +37,16 @@ import pytest
 
 from tests.integration.config_files import q, spawned_by_app, write_toml
 from tests.integration.conftest import (
-    APP_PYTHON,
     APPS,
+    ECHO_APP,
+    NOT_FOUND_DETAIL,
     TWISTD,
     RawRequest,
     Server,
     echo_app_args,
+    fetch,
     in_thread,
+    kill_server,
     life_app_args,
     pid_exists,
     world_dir,
@@ -56,44 +57,9 @@ Serve = Callable[..., Server]
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "conf" / "systemd"
-ECHO_APP = f"{APP_PYTHON} echo_app.py"
-LIFE_APP = f"{APP_PYTHON} life_app.py"
-NOT_FOUND_DETAIL = b"No application is configured for this host and path."
 
 
 # Small helpers.
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def pid(self) -> int | None:
-        value = self.headers.get("x-pid")
-        return int(value) if value is not None else None
-
-    def env(self) -> dict[str, str]:
-        env = json.loads(self.body)["env"]
-        assert isinstance(env, dict)
-        return env
-
-
-def fetch(port: int, path: str, host: str | None = None, timeout: float = 10.0) -> Reply:
-    """One request on a fresh connection (``Connection: close``)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"Connection": "close"}
-    if host is not None:
-        headers["Host"] = host
-    try:
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
-
 
 def ready_pids(log: str, app: str) -> list[int]:
     return [int(pid) for pid in re.findall(rf"Process (\d+) of {re.escape(app)} is ready", log)]
@@ -573,14 +539,7 @@ class ActivatedServer:
         return [int(m) for m in re.findall(r"Spawning process (\d+)", self.log())]
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in self.app_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_server(self.proc, self.app_pids())
 
 
 @pytest.fixture
