@@ -23,11 +23,9 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import pwd
 import re
 import shlex
 import shutil
@@ -42,7 +40,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from proxy_bench import DEFAULT_APP, HOST, LogWatcher, Session, alive, check_inputs, children, free_port, notable, session_members
+from benchlib import (
+    HOST,
+    Account,
+    Identity,
+    LogWatcher,
+    Session,
+    alive,
+    app_account,
+    arg_parser,
+    check_inputs,
+    children,
+    failed,
+    free_port,
+    identity,
+    ignore_signals,
+    install_signal_handlers,
+    notable,
+    remove_logs,
+    session_members,
+    stop_all,
+    twistd_argv,
+    write_json,
+)
 
 TARGET_MS = 15.0
 PROBE_INTERVAL = 0.0005  # seconds between connect attempts in the direct measurement
@@ -91,73 +111,6 @@ def fmt_list(values: list[float]) -> str:
 
 class DirectError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Account:
-    """An account app processes run as."""
-
-    uid: int
-    gid: int
-    name: str
-    home: str
-    shell: str
-    groups: tuple[int, ...]
-
-    def environment(self) -> dict[str, str]:
-        return {"USER": self.name, "LOGNAME": self.name, "HOME": self.home, "SHELL": self.shell}
-
-
-def app_account(root: Path) -> Account | None:
-    """The account passenger runs the app as (Passenger's user switching, passenger-gls.md section 5).
-
-    Only a server running as root switches: to the owner of the app root, never to
-    root (``nobody`` then).  None: the apps run as this script's user.  The result
-    is checked against the server's app processes afterwards (see ``main``).
-    """
-    if os.geteuid() != 0:
-        return None
-    owner = root.stat().st_uid
-    try:
-        pw = pwd.getpwuid(owner) if owner != 0 else pwd.getpwnam("nobody")
-    except KeyError:
-        pw = pwd.getpwnam("nobody")
-    return Account(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell,
-                   tuple(os.getgrouplist(pw.pw_name, pw.pw_gid)))
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a process runs as and what it runs: to check that both sides start the same thing."""
-
-    uid: int | None
-    exe: str | None
-
-    def text(self) -> str:
-        name = "?"
-        if self.uid is not None:
-            try:
-                name = pwd.getpwuid(self.uid).pw_name
-            except KeyError:
-                name = str(self.uid)
-        return f"{self.exe or '?'} as {name}"
-
-
-def identity(pid: int) -> Identity:
-    uid = exe = None
-    try:
-        exe = os.path.realpath(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uid = int(line.split()[1])
-                    break
-    except OSError:
-        pass
-    return Identity(uid, exe)
 
 
 def connect_ok(port: int) -> bool:
@@ -283,16 +236,10 @@ def stop_server(server: Session, grace: float) -> ServerStop:
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__, "the app to spawn")
     ap.add_argument("--count", type=int, default=20, help="spawns to time on each side (default 20)")
-    ap.add_argument("--app", type=Path, default=DEFAULT_APP, help=f"the app to spawn (default {DEFAULT_APP})")
-    ap.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures to FILE as JSON")
-    ap.add_argument("--twistd", type=Path, default=Path(sys.executable).parent / "twistd",
-                    help="twistd to run (default: next to this python)")
     ap.add_argument("--spawn-timeout", type=float, default=10,
                     help="seconds one spawn may take to listen; the server gets 20 + COUNT times this (default 10)")
-    ap.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the logs")
     args = ap.parse_args()
     if args.count < 1:
         ap.error("--count must be at least 1")
@@ -312,11 +259,7 @@ def main() -> int:
     direct_argv = ["/bin/sh", "-c", "exec " + app_command]
     n = args.count
 
-    # Ctrl-C raises KeyboardInterrupt; make TERM and HUP unwind the same way so `finally` cleans up.
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    install_signal_handlers()
 
     tmp = Path(tempfile.mkdtemp(prefix="passenger-spawn-bench-"))
     live: list[subprocess.Popen[bytes]] = []  # direct app processes not yet reaped
@@ -356,9 +299,7 @@ def main() -> int:
 
         # Through: passenger spawns n processes, one at a time.
         sport = free_port()
-        argv = [str(args.twistd), "-n", "--pidfile", str(tmp / "twistd.pid"), "--logfile", str(log_path),
-                "passenger", "--app-root", str(app.parent), "--app-start-command", app_command,
-                "--address", HOST, "--port", str(sport), "--min-instances", str(n), "--max-pool-size", str(n)]
+        argv = twistd_argv(args.twistd, tmp, app.parent, app_command, sport, n)
         print("through: " + " ".join(shlex.quote(a) for a in argv), flush=True)
         stdout_path = tmp / "twistd.stdout"
         with open(stdout_path, "wb") as out:
@@ -413,24 +354,17 @@ def main() -> int:
               f"target <= {TARGET_MS:g} ms: {'MET' if meets else 'NOT MET'}")
         if whole:
             print("  (passenger logs whole ms, so the overhead is good to about +-0.5 ms)")
-    except KeyboardInterrupt as e:
-        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
-        status = 130
-    except Exception as e:
-        print(f"\nERROR: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, Exception) as e:
+        status = failed(e)
         if isinstance(e, DirectError):
             direct_log.flush()
             tail = (tmp / "direct.log").read_text(errors="replace").splitlines()[-15:]
             if tail:
                 print("the app's output (last lines):\n" + "\n".join("  " + ln for ln in tail), file=sys.stderr)
-        args.keep_logs = True
-        status = 1
+        args.keep_logs = args.keep_logs or status == 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # don't let a second Ctrl-C skip the cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for s in reversed(sessions):
-            for note in s.stop(grace=10):
-                print("cleanup: " + note, file=sys.stderr)
+        ignore_signals()
+        stop_all(sessions)
         # Direct app processes still around (and any child of ours an interrupt left without a Popen).
         for p in live:
             kill_group(p.pid)
@@ -464,12 +398,8 @@ def main() -> int:
                 "overhead_ms": (tstats.median_ms - dstats.median_ms) if dstats and tstats else None,
                 "meets_target": (tstats.median_ms - dstats.median_ms <= TARGET_MS) if dstats and tstats else None,
             }
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
-            print(f"wrote {args.json}")
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_json(args.json, doc)
+        remove_logs(tmp, args.keep_logs)
     return status
 
 

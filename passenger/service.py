@@ -15,12 +15,12 @@ USR1 reopens the log file.  TERM and INT are the reactor's: a graceful stop.
 
 from __future__ import annotations
 
+import resource
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application import strports
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger
@@ -29,6 +29,7 @@ from twisted.python.logfile import BaseLogFile
 from passenger import __version__
 from passenger.admin.server import AdminServer
 from passenger.config import AppConfig, ConfigError, ServerConfig
+from passenger.http.eager import listening_service
 from passenger.http.front import FrontFactory
 from passenger.http.router import Router
 from passenger.loader import with_backlog
@@ -37,6 +38,11 @@ from passenger.pool.metrics import ProcessMemory
 from passenger.pool.pool import Pool
 from passenger.pool.restart_files import RestartFiles
 from passenger.spawn.spawner import Spawner
+
+#: Descriptors kept for app connections, spooled bodies, logs and the admin side, above max_connections.
+OPEN_FILES_RESERVE = 1024
+#: The open files limit taken when the hard limit is unlimited (the kernel caps it at nr_open).
+OPEN_FILES_IF_UNLIMITED = 1 << 20
 
 
 def _global_reactor() -> Any:
@@ -97,7 +103,7 @@ class PassengerService(Service):
         for app in config.apps:
             self.pool.add(app)
         self.front = FrontFactory(self._router(), reactor, config)
-        self.listeners = [strports.service(with_backlog(d, config.socket_backlog), self.front, reactor=reactor)
+        self.listeners = [listening_service(with_backlog(d, config.socket_backlog), self.front, reactor)
                           for d in self.config.listen]
         self.admin.build()
 
@@ -125,8 +131,29 @@ class PassengerService(Service):
         self.pool.start()
         for group in self.pool.groups.values():
             self._watch(group)
-        if self._handle_signals:
+        if self._handle_signals:  # the server owns the process (twistd/twist), not an embedding application
             self._install_signal_handlers()
+            self._raise_open_files_limit()
+
+    def _raise_open_files_limit(self) -> None:
+        """Take the hard limit of open files, as nginx's ``worker_rlimit_nofile``: every client connection,
+        app connection and spooled body is a descriptor, and the usual soft limit (1024) is far below
+        ``max_connections``."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_IF_UNLIMITED)
+        if soft < wanted:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (OSError, ValueError) as e:
+                self.log.warn("Could not raise the open files limit from {soft} to {wanted}: {error}",
+                              soft=soft, wanted=wanted, error=e)
+        needed = self.config.max_connections + OPEN_FILES_RESERVE
+        if self.config.max_connections and soft < needed:
+            self.log.warn("The open files limit is {soft}, below max_connections ({max}) plus {reserve} for apps "
+                          "and files: connections past about {fit} will fail. Raise it (ulimit -n, LimitNOFILE=) "
+                          "or lower max_connections.", soft=soft, max=self.config.max_connections,
+                          reserve=OPEN_FILES_RESERVE, fit=max(soft - OPEN_FILES_RESERVE, 0))
 
     def _watch(self, group: Group) -> None:
         watcher = RestartFiles(group, self.reactor, self.reactor)

@@ -270,7 +270,10 @@ def _check_adopted(description: str, fileno: int, family: socket.AddressFamily, 
 
 def makeService(options: Options) -> IService:
     """Build the service tree; nothing is bound or spawned until it starts."""
+    from passenger.reactor import install_unless_chosen
     from passenger.service import PassengerService
+
+    install_unless_chosen()  # twistd has not installed one unless --reactor was given
 
     config_file, given = options["config-file"], options.given()
     return PassengerService(options["config"], load_config=lambda: build_config(given, config_file, os.environ),

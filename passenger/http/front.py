@@ -47,7 +47,7 @@ from passenger.http.response_buffer import ResponseBuffer
 from passenger.http.router import Router
 from passenger.http.static import StaticFile, StaticFiles
 from passenger.http.upstream import UpstreamConnection, UpstreamFactory
-from passenger.pool.process import READY
+from passenger.pool.process import IDLE_CONNECTIONS, READY
 from passenger.spawn.report import SpawnReport, error_answer
 
 if TYPE_CHECKING:
@@ -205,6 +205,9 @@ class FrontProtocol(Protocol):
         #: Requests begun on this connection.
         self.requests = 0
         self.grace: IDelayedCall | None = None
+        #: Bytes for the app connection ``held_for``, held while a read is parsed (UpstreamConnection._write).
+        self.held: list[bytes] | None = None
+        self.held_for: UpstreamConnection | None = None
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -258,34 +261,45 @@ class FrontProtocol(Protocol):
             return
         if self.broken:
             return
+        self.held = []
         was_in_head, size_before, done_before = self.in_head, self.head_size, self.completed
         try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as e:
-            rest = data[e.args[0]:]
-            request = self.active if self.active is not None and self.active.upgrade else None
-            if request is not None and rest:
-                self._body_piece(request, rest)
-            self.tunnel = True
-        except HttpParserCallbackError as e:
-            cause = e.__context__
-            if isinstance(cause, Refused):
-                self._refuse(cause.status, cause.detail)
-            else:  # our own bug, not the client's: log it loudly and close
-                self.log.failure("Internal error while handling a request", Failure(cause or e))
-                self._refuse(500, "The server failed to handle the request.")
-        except HttpParserError as e:
-            if "HTTP version" in str(e):
-                self._refuse(505, "Only HTTP/1.0 and HTTP/1.1 are supported.", str(e))
+            try:
+                self.parser.feed_data(data)
+            except HttpParserUpgrade as e:
+                rest = data[e.args[0]:]
+                request = self.active if self.active is not None and self.active.upgrade else None
+                if request is not None and rest:
+                    self._body_piece(request, rest)
+                self.tunnel = True
+            except HttpParserCallbackError as e:
+                cause = e.__context__
+                if isinstance(cause, Refused):
+                    self._refuse(cause.status, cause.detail)
+                else:  # our own bug, not the client's: log it loudly and close
+                    self.log.failure("Internal error while handling a request", Failure(cause or e))
+                    self._refuse(500, "The server failed to handle the request.")
+            except HttpParserError as e:
+                if "HTTP version" in str(e):
+                    self._refuse(505, "Only HTTP/1.0 and HTTP/1.1 are supported.", str(e))
+                else:
+                    self._refuse(400, "The request could not be understood.", str(e))
             else:
-                self._refuse(400, "The request could not be understood.", str(e))
-        else:
-            if self.in_head and (was_in_head or self.completed == done_before):
-                # All of this read is head.  What the callbacks have not accounted for yet is
-                # the line being received: the parser buffers it, so it is limited now.
-                self.line_pending += len(data) - (self.head_size - (size_before if was_in_head else 0))
-                if self.line_pending > MAX_HEADER + 512:
-                    self._refuse(431, "A request header (or the request line) is longer than 8 KiB.")
+                if self.in_head and (was_in_head or self.completed == done_before):
+                    # All of this read is head.  What the callbacks have not accounted for yet is
+                    # the line being received: the parser buffers it, so it is limited now.
+                    self.line_pending += len(data) - (self.head_size - (size_before if was_in_head else 0))
+                    if self.line_pending > MAX_HEADER + 512:
+                        self._refuse(431, "A request header (or the request line) is longer than 8 KiB.")
+        finally:
+            self.flush_held()
+
+    def flush_held(self) -> None:
+        """Send what the parsed read has for the app, unless its request was given up meanwhile."""
+        held, target = self.held, self.held_for
+        self.held = self.held_for = None
+        if held and target is not None and target is self.upstream and target.transport is not None:
+            target.transport.writeSequence(held)
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
@@ -367,8 +381,9 @@ class FrontProtocol(Protocol):
             if request.buffering:
                 self._buffered(request)
                 return
-        if request.sent and request is self.active and self.upstream is not None:
-            self.upstream.end_body(request)
+        upstream = self.upstream
+        if upstream is not None and upstream.streaming and request is self.active:
+            upstream.end_body(request)
         if request.upgrade:
             request.keep_alive = False
 
@@ -789,10 +804,11 @@ class FrontProtocol(Protocol):
             # The app answered before the whole body was sent: neither side can be reused.
             reusable = False
             request.keep_alive = False
-            if upstream.transport is not None:
+            if upstream.transport is not None and upstream.streaming:
+                upstream.streaming = False
                 upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
             self._resume(PAUSED_UPSTREAM)
-        if reusable and process.state == READY and not upstream.closed:
+        if reusable and process.state == READY and not upstream.closed and len(process.idle) < IDLE_CONNECTIONS:
             process.idle.append(upstream)
         elif upstream.transport is not None:
             upstream.transport.loseConnection()

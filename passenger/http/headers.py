@@ -30,6 +30,17 @@ SERVER_HANDLED = frozenset({b"expect", b"x-request-id"})
 REQUEST_DROPPED = HOP_BY_HOP | FORWARDED | SERVER_HANDLED
 RESPONSE_DROPPED = HOP_BY_HOP
 
+# What the relay does with a response header (by lower-case name); a name not listed passes as it is.
+DROP = 0  # hop-by-hop: left out
+LENGTH = 1  # Content-Length: re-emitted by the relay
+CHUNKED = 2  # Transfer-Encoding: the relay frames the body itself
+CONNECTION = 3  # left out, and so are the headers it lists
+DATE = 4  # passed on; the relay adds one when the app sent none
+RESPONSE_SPECIAL = {name: DROP for name in HOP_BY_HOP} | {
+    b"content-length": LENGTH, b"transfer-encoding": CHUNKED, b"connection": CONNECTION, b"date": DATE}
+#: The kinds of response header passed on to the client.
+PASSED = (None, DATE)
+
 #: Characters of header names passed to apps: [A-Za-z0-9-] (Passenger drops others, CVE-2015-7519).
 NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 #: With --allow-underscore-headers.

@@ -9,6 +9,7 @@ re-chunked when the app's framing cannot be passed on as it is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -18,7 +19,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from passenger.http.dates import date_line
-from passenger.http.headers import RESPONSE_DROPPED, connection_tokens
+from passenger.http.headers import CHUNKED, CONNECTION, DATE, LENGTH, PASSED, RESPONSE_SPECIAL, connection_tokens
 
 if TYPE_CHECKING:
     from passenger.http.front import FrontProtocol, Request
@@ -29,6 +30,9 @@ BODY_NONE = 0  # HEAD, 204, 304: no body
 BODY_LENGTH = 1  # Content-Length passed on, body bytes as they are
 BODY_CHUNKED = 2  # the relay frames each piece as a chunk
 BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client, unknown length: close when done
+
+#: Bytes asked of the app's socket per read (Twisted's default is 64 KiB): fewer passes for large bodies.
+READ_SIZE = 256 * 1024
 
 _NO_BODY_STATUS = (204, 304)
 _CHUNK_END = b"0\r\n\r\n"
@@ -61,6 +65,14 @@ class UpstreamConnection(Protocol):
         self.head_unsent = False
         #: Streams a spooled request body (buffer_upload) to the app.
         self.sending_file: FileSender | None = None
+        #: The request body still streams to the app, which paces the client (a registered producer).
+        self.streaming = False
+        #: A Content-Length body: its size, the bytes the parser has seen, and what the app's
+        #: keep-alive says (decided at the head, for the reads that bypass the parser).
+        self.body_expected = self.body_seen = 0
+        self.keep_alive = True
+        #: Bytes of the body still to come, relayed without the parser (after the body's first read).
+        self.body_left = 0
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -68,6 +80,7 @@ class UpstreamConnection(Protocol):
         assert transport is not None
         if self.process.unix_path is None:
             transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         self.process.connections.add(self)
         front = self.front
         if front is None:
@@ -107,28 +120,46 @@ class UpstreamConnection(Protocol):
         self.front = front
         self.answered = False
         self.head_done = False
-        transport: Any = self.transport
         body = request.body
         if body:
             if request.chunked and not request.upgrade:
                 pieces = [request.head]
                 for chunk in body:
                     pieces += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
-                transport.writeSequence(pieces)
+                self._write(pieces)
             else:
-                transport.writeSequence([request.head, *body])
+                self._write([request.head, *body])
             body.clear()
         else:
-            transport.write(request.head)
+            self._write((request.head,))
         request.sent = True
+        transport: Any = self.transport
         if request.spool is not None:  # a buffered body on disk: streamed as the app reads
+            self._flush_held()
             self.sending_file = sender = FileSender()
             sender.beginFileTransfer(request.spool, transport).addBoth(self._file_sent)
         elif request.complete:
             if request.chunked:
-                transport.write(_CHUNK_END)
-        else:
+                self._write((_CHUNK_END,))
+        elif request.has_body or request.upgrade:
+            # The rest of the body (or the tunnel) streams through, paced by this connection.
+            self.streaming = True
             transport.registerProducer(front, True)
+
+    def _write(self, pieces: Sequence[bytes]) -> None:
+        """Bytes for the app.  While the client's read is being parsed they wait for its end, so
+        nothing of a read that turns out malformed reaches the app (the transports send at once)."""
+        front = self.front
+        if front is not None and front.held is not None and (front.held_for is None or front.held_for is self):
+            front.held_for = self
+            front.held.extend(pieces)
+        else:
+            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+
+    def _flush_held(self) -> None:
+        front = self.front
+        if front is not None and front.held_for is self:
+            front.flush_held()
 
     def _file_sent(self, result: object) -> None:
         self.sending_file = None
@@ -143,17 +174,17 @@ class UpstreamConnection(Protocol):
         return True
 
     def send_body(self, request: Request, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
         if request.chunked and not request.upgrade:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            transport.write(data)
+            self._write((data,))
 
     def end_body(self, request: Request) -> None:
+        """The client's body is complete: close the chunking and stop pacing the client."""
+        self.streaming = False
         transport: Any = self.transport
         if request.chunked and not request.upgrade:
-            transport.write(_CHUNK_END)
+            self._write((_CHUNK_END,))
         transport.unregisterProducer()
         # The app connection may have paused the client on the last piece of body.
         if self.front is not None:
@@ -165,6 +196,9 @@ class UpstreamConnection(Protocol):
             front = self.front
             if front is not None and front.transport is not None:
                 front.transport.write(data)
+            return
+        if self.body_left:
+            self._relay_body(data)
             return
         self.answered = True
         self.out = []
@@ -179,10 +213,31 @@ class UpstreamConnection(Protocol):
             return
         else:
             self._flush()
+            if self.head_done and self.mode == BODY_LENGTH and self.front is not None:
+                # The rest of this body passes through as read, without the parser (nor its copies).
+                self.body_left = self.body_expected - self.body_seen
         self.out = None
         if self.reset_parser:
             self.reset_parser = False
             self.parser = HttpResponseParser(self)
+
+    def _relay_body(self, data: bytes) -> None:
+        """Bytes of a body framed by Content-Length, after its first read: relayed as they are."""
+        left = self.body_left
+        rest = b""
+        if len(data) > left:  # more than the app announced: framed as the parser would see it
+            data, rest = data[:left], data[left:]
+        self.body_left = left - len(data)
+        front = self.front
+        if front is not None:
+            front.sent += len(data)
+            if front.transport is not None:
+                front.write_response((data,))
+        if not self.body_left:
+            self.parser = HttpResponseParser(self)  # the old one stopped inside this body
+            self._complete(reusable=self.keep_alive)
+            if rest:
+                self.dataReceived(rest)
 
     def _emit(self, *pieces: bytes) -> None:
         """Bytes for the client: kept until the read is parsed, or written now outside a read."""
@@ -225,29 +280,28 @@ class UpstreamConnection(Protocol):
                 self._emit(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self.reason))
             return
         self.head_done = True
-        dropped = RESPONSE_DROPPED
-        extra: set[bytes] | None = None
-        length: bytes | None = None
-        chunked = False
-        kept: list[tuple[bytes, bytes, bytes]] = []
-        dated = False
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"date":
-                dated = True
-            elif lname in dropped:
-                if lname == b"content-length":
-                    length = value
-                elif lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"connection":
-                    extra = connection_tokens(value) if extra is None else extra | connection_tokens(value)
-                continue
-            kept.append((name, lname, value))
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
-        for name, lname, value in kept:
-            if extra is None or lname not in extra:
+        length: bytes | None = None
+        chunked = dated = False
+        listed: set[bytes] | None = None
+        special = RESPONSE_SPECIAL
+        for name, value in self.headers:  # one pass and one lookup for the usual header
+            kind = special.get(name.lower())
+            if kind is None:
                 parts += (name, b": ", value, b"\r\n")
+            elif kind == DATE:
+                dated = True
+                parts += (name, b": ", value, b"\r\n")
+            elif kind == LENGTH:
+                length = value
+            elif kind == CHUNKED:
+                chunked = True
+            elif kind == CONNECTION:
+                listed = connection_tokens(value) if listed is None else listed | connection_tokens(value)
+        if listed is not None:  # the app named more hop-by-hop headers: leave those out too
+            parts[1:] = [piece for name, value in self.headers
+                         if special.get(lname := name.lower()) in PASSED and lname not in listed
+                         for piece in (name, b": ", value, b"\r\n")]
         if request.response_extra:
             parts.append(request.response_extra)
         if not dated:
@@ -277,6 +331,9 @@ class UpstreamConnection(Protocol):
                 self.reset_parser = True
         elif length is not None:
             self.mode = BODY_LENGTH
+            self.body_expected = int(length)
+            self.body_seen = 0
+            self.keep_alive = self.parser.should_keep_alive()
             parts += (b"Content-Length: ", length, b"\r\n")
         else:
             self.until_close = not chunked
@@ -307,6 +364,7 @@ class UpstreamConnection(Protocol):
         if transport is None:
             return
         front.sent += len(data)
+        self.body_seen += len(data)
         if self.mode == BODY_CHUNKED:
             self._emit(b"%x\r\n" % len(data), data, b"\r\n")
         else:

@@ -21,8 +21,14 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReacto
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from passenger.http.eager import connect_tcp, connect_unix
+
 if TYPE_CHECKING:
     from passenger.http.upstream import UpstreamConnection
+
+#: Idle keep-alive connections kept per process (as nginx's upstream ``keepalive``).  A burst of
+#: requests opens as many connections as it needs; past this many, they close once answered.
+IDLE_CONNECTIONS = 64
 
 #: Signal names IProcessTransport.signalProcess understands (others are sent by number).
 TWISTED_SIGNAL_NAMES = frozenset({"HUP", "STOP", "INT", "KILL", "TERM"})
@@ -103,7 +109,7 @@ class AppProcess:
     unix_path: str | None = None
     #: The periodic health check of a ready process, if the app has one.
     monitor: Any = None
-    #: Keep-alive connections to this process, idle and ready for a request.
+    #: Keep-alive connections to this process, idle and ready for a request (at most IDLE_CONNECTIONS).
     idle: list[UpstreamConnection] = field(default_factory=list)
     #: Every open connection to this process.
     connections: set[UpstreamConnection] = field(default_factory=set)
@@ -154,9 +160,9 @@ class AppProcess:
     def connect(self, reactor: Any, factory: Any) -> None:
         """Open a connection to where this process takes requests."""
         if self.unix_path is not None:
-            reactor.connectUNIX(self.unix_path, factory, timeout=10)
+            connect_unix(reactor, self.unix_path, factory, timeout=10)
         else:
-            reactor.connectTCP(self.host, self.port, factory, timeout=10)
+            connect_tcp(reactor, self.host, self.port, factory, timeout=10)
 
     # Helpers used by the machine's outputs.
     def arm(self, seconds: float, action: Callable[[], None]) -> None:

@@ -188,6 +188,7 @@ if __name__ == "__main__":
         announce_stop()
     port = int(os.environ["PORT"])
     print(f"echo app {os.getpid()} listening on {port}", flush=True)
+    ThreadingHTTPServer.request_queue_size = 256  # the listen backlog (5 by default drops a burst's SYNs)
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.serve_forever()

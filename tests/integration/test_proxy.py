@@ -415,6 +415,24 @@ def test_response_hop_by_hop_headers_do_not_reach_the_client(serve: Callable[...
     assert response.get("X-Kept") == "yes"
 
 
+def test_a_body_longer_than_its_content_length_is_cut_at_the_length(serve: Callable[..., Server]) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} hop_app.py"])
+    with Client(server.port) as client:
+        response = client.request("GET", "/overlong")
+        assert (response.status, response.body) == (200, b"x" * 100000)
+        again = client.request("GET", "/hop")  # the client's connection goes on, framed right
+    assert (again.status, again.body) == (200, b"ok")
+
+
+def test_a_large_body_the_app_ends_with_close_arrives_whole(serve: Callable[..., Server]) -> None:
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} hop_app.py"])
+    with Client(server.port) as client:
+        for _ in range(3):  # each time on a new app connection: the app closed the last one
+            response = client.request("GET", "/bigclose")
+            assert (response.status, response.body) == (200, b"z" * (1 << 20))
+            assert response.get("Connection") is None, "the client's connection stays open"
+
+
 # --------------------------------------------------------------------------------------
 # 3. Request bodies.
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Socket transports that send at once.
+
+Twisted's ``FileDescriptor.write`` only queues: the bytes go out on the next
+pass of the reactor, after an ``epoll_ctl`` that asks for writability and
+before another that takes it back.  For a relay that writes twice per request
+that was a fifth of the server's time (py-spy, bench/compare_bench.py).
+
+These transports try ``send`` (one piece) or ``sendmsg`` (several, with no
+join) right away when nothing is queued, and hand only what the kernel did not
+take to Twisted's own queue.  So back-pressure, producers, ``loseConnection``
+and errors keep Twisted's behaviour: an error seen here is left for Twisted's
+``doWrite`` to meet again and report.
+
+They are used where the server makes the connections itself: accepted client
+connections (a listening port's ``transport`` class) and connections to app
+processes (a connector's ``_makeTransport``).  Reactors that are not
+posix-like (or fakes in tests) keep their own transports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.posixbase import PosixReactorBase
+from zope.interface import implementer
+
+try:
+    from twisted.internet import unix
+except ImportError:  # pragma: no cover (no AF_UNIX)
+    unix = None  # type: ignore[assignment]
+
+
+#: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_PIECES = 256
+
+
+class EagerWrites:
+    """Mixed into a Twisted socket transport (before it in the bases)."""
+
+    # Attributes of twisted.internet.abstract.FileDescriptor / tcp.Connection.
+    socket: Any
+    connected: int
+    disconnecting: int
+    dataBuffer: bytes
+    _tempDataLen: int
+    _writeDisconnected: bool
+    _aborting: bool
+    producer: Any
+    streamingProducer: bool
+
+    def _queueing(self) -> bool:
+        """Leave everything to Twisted: bytes are queued, the connection is closing, or a pull
+        producer is registered (it is asked for more from ``doWrite``, which needs queued bytes)."""
+        return bool(self._tempDataLen or self.dataBuffer or not self.connected or self.disconnecting
+                    or self._writeDisconnected or self._aborting
+                    or (self.producer is not None and not self.streamingProducer))
+
+    def write(self, data: bytes) -> None:
+        if self._queueing() or not isinstance(data, bytes):
+            super().write(data)  # type: ignore[misc]
+            return
+        try:
+            sent = self.socket.send(data)
+        except OSError:  # EAGAIN: queued; an error: Twisted's doWrite meets it again and closes its way
+            sent = 0
+        if sent != len(data):
+            super().write(data[sent:])  # type: ignore[misc]
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        pieces = iovec if isinstance(iovec, (list, tuple)) else list(iovec)
+        if len(pieces) == 1:
+            self.write(pieces[0])
+            return
+        if self._queueing() or len(pieces) > MAX_PIECES:
+            super().writeSequence(pieces)  # type: ignore[misc]
+            return
+        try:
+            sent = self.socket.sendmsg(pieces)  # TypeError for a piece that is not bytes, as Twisted
+        except OSError:  # as in write()
+            sent = 0
+        for index, piece in enumerate(pieces):
+            if sent < len(piece):
+                rest = [piece[sent:], *pieces[index + 1:]] if sent else pieces[index:]
+                super().writeSequence(rest)  # type: ignore[misc]
+                return
+            sent -= len(piece)
+
+
+class EagerTCPServer(EagerWrites, tcp.Server):
+    """An accepted TCP connection that sends at once."""
+
+
+class EagerTCPClient(EagerWrites, tcp.Client):
+    """A TCP connection to an app process that sends at once."""
+
+
+class EagerTCPConnector(tcp.Connector):
+    def _makeTransport(self) -> tcp.Client:
+        return EagerTCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+if unix is not None:
+    class EagerUNIXServer(EagerWrites, unix.Server):
+        """An accepted Unix-socket connection that sends at once."""
+
+    class EagerUNIXClient(EagerWrites, unix.Client):
+        """A Unix-socket connection to an app process that sends at once."""
+
+    class EagerUNIXConnector(unix.Connector):
+        def _makeTransport(self) -> Any:  # unix.Client (typed as tcp.Client in BaseConnector)
+            return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
+
+
+def eager(reactor: Any) -> bool:
+    """Does ``reactor`` run Twisted's own socket transports (epoll, poll, select, asyncio)?"""
+    return isinstance(reactor, PosixReactorBase)
+
+
+def connect_tcp(reactor: Any, host: str, port: int, factory: Any, timeout: float) -> None:
+    """``reactor.connectTCP`` with a transport that sends at once where the reactor allows."""
+    if eager(reactor):
+        EagerTCPConnector(host, port, factory, timeout, None, reactor).connect()
+    else:
+        reactor.connectTCP(host, port, factory, timeout=timeout)
+
+
+def connect_unix(reactor: Any, path: str, factory: Any, timeout: float) -> None:
+    """``reactor.connectUNIX`` with a transport that sends at once where the reactor allows."""
+    if eager(reactor) and unix is not None:
+        EagerUNIXConnector(path, factory, timeout, reactor, 0).connect()
+    else:
+        reactor.connectUNIX(path, factory, timeout=timeout)
+
+
+@cache
+def _eager_class(transport_class: type) -> type | None:
+    """The eager variant of a listening port's connection class (None: leave it)."""
+    if transport_class is tcp.Server:
+        return EagerTCPServer
+    if unix is not None and transport_class is unix.Server:
+        return EagerUNIXServer
+    return None
+
+
+def make_eager(port: IListeningPort) -> IListeningPort:
+    """Accept the connections of ``port`` (a Twisted TCP or Unix port) with eager transports."""
+    current = getattr(port, "transport", None)
+    eager_class = _eager_class(current) if isinstance(current, type) else None
+    if eager_class is not None:
+        port.transport = eager_class  # type: ignore[attr-defined]
+    return port
+
+
+@implementer(IStreamServerEndpoint)
+class EagerEndpoint:
+    """Listens through ``endpoint``, then makes the port's connections eager."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self._endpoint.listen(factory).addCallback(make_eager)
+
+
+def listening_service(description: str, factory: IProtocolFactory, reactor: Any) -> StreamServerEndpointService:
+    """``strports.service`` for the HTTP front end: the same endpoints, with eager transports."""
+    service = StreamServerEndpointService(EagerEndpoint(serverFromString(reactor, description)), factory)
+    service._raiseSynchronously = True  # as strports.service: a port in use fails startService at once
+    return service

@@ -1,0 +1,59 @@
+"""Twisted's epoll reactor, without a legacy log context around every event.
+
+``EPollReactor.doPoll`` runs each ready descriptor's ``doRead``/``doWrite``
+inside ``log.callWithLogger``, which asks for a log prefix and pushes a copied
+context dict for the old ``twisted.python.log`` API.  On the relay's path that
+is two events per request and about a seventh of the server's Python time
+(cProfile of ``bench/compare_bench.py``'s hello run).  Passenger's code logs
+with ``twisted.logger`` under its own namespaces, so the context buys nothing;
+an exception from ``doRead``/``doWrite`` is still caught, logged and turned
+into a lost connection by ``_doReadOrWrite``, as in every Twisted reactor.
+
+``twistd passenger`` installs it when no reactor was chosen (``--reactor``
+picks any other; ``--reactor passenger-epoll`` names this one).  Embedding
+applications and ``twist`` keep the reactor they installed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import installReactor
+
+
+class PassengerEPollReactor(EPollReactor):
+    """EPollReactor whose events are dispatched straight to ``_doReadOrWrite``."""
+
+    def doPoll(self, timeout: float | None) -> None:
+        try:
+            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
+        except InterruptedError:
+            return
+        selectables = self._selectables
+        dispatch = self._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                dispatch(selectable, fd, event)
+
+    doIteration = doPoll
+
+
+def install() -> None:
+    """Install the reactor (as ``twisted.internet.epollreactor.install`` does)."""
+    installReactor(PassengerEPollReactor())
+
+
+def install_unless_chosen() -> bool:
+    """Install it if no reactor is installed yet and epoll exists; True if it was."""
+    if "twisted.internet.reactor" in sys.modules:
+        return False
+    try:
+        import select
+
+        select.epoll  # noqa: B018 (Linux only)
+    except AttributeError:
+        return False
+    install()
+    return True

@@ -1,0 +1,265 @@
+"""passenger.http.eager against real loopback sockets and the real reactor.
+
+What must hold: bytes leave at once when nothing is queued; whatever the
+kernel does not take goes through Twisted's own queue, in order, with its
+producer pausing; pull producers and closing behave as they do in Twisted.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.internet.threads import deferToThread
+from twisted.protocols.basic import FileSender
+from zope.interface import implementer
+
+from passenger.http.eager import (
+    EagerTCPClient,
+    EagerTCPServer,
+    EagerUNIXClient,
+    EagerUNIXServer,
+    connect_tcp,
+    connect_unix,
+    make_eager,
+)
+
+
+def the_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class Recorder(Protocol):
+    def __init__(self, made: Deferred[Recorder]) -> None:
+        self.made = made
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+        #: Fires with the first bytes received.
+        self.first_bytes: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.received:
+            self.first_bytes.callback(data)
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+class OneConnection(ClientFactory):
+    """Builds one Recorder and fires ``made`` with it."""
+
+    def __init__(self) -> None:
+        self.made: Deferred[Recorder] = Deferred()
+
+    def buildProtocol(self, addr: object) -> Recorder:
+        return Recorder(self.made)
+
+
+def listen_tcp() -> tuple[Any, OneConnection]:
+    factory = OneConnection()
+    port = make_eager(the_reactor().listenTCP(0, factory, interface="127.0.0.1"))
+    return port, factory
+
+
+def read_now(sock: socket.socket) -> bytes:
+    """What has arrived on ``sock`` already, without waiting (loopback delivers inside send)."""
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    sock.setblocking(True)
+    sock.settimeout(10)
+    parts = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        assert chunk, "the connection closed early"
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+@implementer(IPushProducer)
+class Pauses:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_accepted_connection_sends_before_the_reactor_turns():  # type: ignore[no-untyped-def]
+    port, factory = listen_tcp()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        assert type(server.transport) is EagerTCPServer
+        server.transport.write(b"hello")
+        server.transport.writeSequence([b", ", b"eager ", b"world"])
+        assert read_now(client) == b"hello, eager world"
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_the_kernel_refuses_is_queued_in_order_and_pauses_the_producer():  # type: ignore[no-untyped-def]
+    port, factory = listen_tcp()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        transport = server.transport
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        producer = Pauses()
+        transport.registerProducer(producer, True)
+        first = os.urandom(1 << 20)
+        pieces = [os.urandom(size) for size in (1, 700, 65536, 3, 200_000)]
+        last = b"the end"
+        transport.write(first)
+        assert producer.events == ["pause"], "more than bufferSize is queued: the producer is paused at once"
+        transport.writeSequence(pieces)  # queued behind the rest of ``first``
+        transport.write(last)
+        expected = first + b"".join(pieces) + last
+        got = yield deferToThread(read_exactly, client, len(expected))
+        assert got == expected
+        assert producer.events[-1] == "resume", "the queue drained: the producer was resumed"
+        transport.unregisterProducer()
+        transport.write(b"again")  # the queue is empty once more: at once
+        assert read_now(client) == b"again"
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_partial_sendmsg_queues_the_rest_of_the_pieces():  # type: ignore[no-untyped-def]
+    port, factory = listen_tcp()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pieces = [os.urandom(size) for size in (10, 300_000, 5, 400_000, 1)]
+        server.transport.writeSequence(pieces)
+        expected = b"".join(pieces)
+        got = yield deferToThread(read_exactly, client, len(expected))
+        assert got == expected
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_pull_producer_is_asked_for_more_until_the_end():  # type: ignore[no-untyped-def]
+    port, factory = listen_tcp()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        content = os.urandom(3 << 20)
+        reading = deferToThread(read_exactly, client, len(content))
+        yield FileSender().beginFileTransfer(io.BytesIO(content), server.transport)
+        assert (yield reading) == content
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_lose_connection_delivers_then_closes_and_abort_sends_nothing_more():  # type: ignore[no-untyped-def]
+    port, factory = listen_tcp()
+    first = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        server.transport.write(b"bye")
+        server.transport.loseConnection()
+        server.transport.write(b" after")  # queued, as Twisted does: sent before the close
+        yield server.lost
+        assert read_exactly(first, 9) == b"bye after"
+        first.settimeout(5)
+        assert first.recv(100) == b""
+    finally:
+        first.close()
+    factory.made = Deferred()
+    second = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        server = yield factory.made
+        server.transport.abortConnection()
+        server.transport.write(b"never")
+        yield server.lost
+        second.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            while second.recv(100):
+                pass
+    finally:
+        second.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_to_apps_are_eager_over_tcp_and_unix(tmp_path: Path):  # type: ignore[no-untyped-def]
+    reactor = the_reactor()
+    port, accepted = listen_tcp()
+    dialing = OneConnection()
+    connect_tcp(reactor, "127.0.0.1", port.getHost().port, dialing, timeout=5)
+    client = yield dialing.made
+    server = yield accepted.made
+    assert type(client.transport) is EagerTCPClient
+    client.transport.write(b"ping")
+    assert (yield server.first_bytes) == b"ping"
+    client.transport.loseConnection()
+    yield port.stopListening()
+
+    path = str(tmp_path / "app.sock")
+    unix_accepted = OneConnection()
+    unix_port = make_eager(reactor.listenUNIX(path, unix_accepted))
+    unix_dialing = OneConnection()
+    connect_unix(reactor, path, unix_dialing, timeout=5)
+    client = yield unix_dialing.made
+    server = yield unix_accepted.made
+    assert type(client.transport) is EagerUNIXClient
+    assert type(server.transport) is EagerUNIXServer
+    server.transport.write(b"pong")
+    assert (yield client.first_bytes) == b"pong"
+    client.transport.loseConnection()
+    yield unix_port.stopListening()
+
+
+def test_other_reactors_keep_their_own_connect() -> None:
+    reactor = MemoryReactor()
+    connect_tcp(reactor, "127.0.0.1", 8000, ClientFactory(), timeout=5)
+    connect_unix(reactor, "/tmp/app.sock", ClientFactory(), timeout=5)
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 8000)]
+    assert [address for address, *_ in reactor.unixClients] == ["/tmp/app.sock"]
