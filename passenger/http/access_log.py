@@ -19,6 +19,8 @@ from twisted.internet.task import LoopingCall
 
 #: Seconds between two flushes of the buffered lines.
 FLUSH_INTERVAL = 1.0
+#: The request's HTTP version as logged (the parser's two; others are encoded when they come).
+VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 def _quoted(value: bytes | None) -> bytes:
@@ -49,10 +51,10 @@ class AccessLog:
         if now != self._second:
             self._second = now
             self._stamp = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(now)).encode("ascii")
-        self._file.write(b"%s - - %s \"%s %s HTTP/%s\" %d %d %s %s rid=%s upstream=%s\n" % (
-            peer or b"-", self._stamp, method, target, version.encode("ascii"), status, sent,
-            _quoted(referer), _quoted(agent), request_id or b"-",
-            b"-" if upstream is None else b"%.3f" % upstream))
+        line = b"%s - - %s \"%s %s HTTP/%s\" %d %d %s %s rid=%s upstream=" % (
+            peer or b"-", self._stamp, method, target, VERSIONS.get(version) or version.encode("ascii"), status,
+            sent, _quoted(referer), _quoted(agent), request_id or b"-")
+        self._file.write(line + (b"-\n" if upstream is None else b"%.3f\n" % upstream))
 
     def flush(self) -> None:
         try:
