@@ -23,6 +23,10 @@ FLUSH_INTERVAL = 1.0
 VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
+#: An absent (or empty) quoted field.
+NONE = b'"-"'
+
+
 def _quoted(value: bytes | None) -> bytes:
     if not value:
         return b'"-"'
@@ -46,15 +50,22 @@ class AccessLog:
         return open(self.path, "ab", buffering=65536)  # kept open; closed by close()
 
     def log(self, peer: bytes, method: bytes, target: bytes, version: str, status: int, sent: int,
-            referer: bytes | None, agent: bytes | None, request_id: bytes, upstream: float | None) -> None:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._stamp = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(now)).encode("ascii")
-        line = b"%s - - %s \"%s %s HTTP/%s\" %d %d %s %s rid=%s upstream=" % (
+            headers: list[tuple[bytes, bytes]], request_id: bytes, upstream: float | None, now: float) -> None:
+        """One line for a request that ended at ``now``; ``headers`` are its own (for Referer and User-Agent)."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(second)).encode("ascii")
+        referer = agent = NONE
+        for name, value in headers:  # one pass, on the request's own list
+            lname = name.lower()
+            if lname == b"referer":
+                referer = _quoted(value)
+            elif lname == b"user-agent":
+                agent = _quoted(value)
+        self._file.write(b"%s - - %s \"%s %s HTTP/%s\" %d %d %s %s rid=%s upstream=%s\n" % (
             peer or b"-", self._stamp, method, target, VERSIONS.get(version) or version.encode("ascii"), status,
-            sent, _quoted(referer), _quoted(agent), request_id or b"-")
-        self._file.write(line + (b"-\n" if upstream is None else b"%.3f\n" % upstream))
+            sent, referer, agent, request_id or b"-", b"-" if upstream is None else b"%.3f" % upstream))
 
     def flush(self) -> None:
         try:

@@ -834,12 +834,17 @@ class FrontProtocol(Protocol):
             finished.spool.close()
             finished.spool = None
         if finished is not None:
+            now = self.factory.reactor.seconds()
             group = finished.group
             if group is not None and self.status:
-                group.stats.response(self.status, self.factory.reactor.seconds() - finished.started)
+                group.stats.response(self.status, now - finished.started)
             access_log = self.factory.access_log
             if access_log is not None:
-                self._log_access(access_log, finished)
+                upstream_at, upstream = self.upstream_at, self.upstream_time
+                if upstream is None and upstream_at is not None:
+                    upstream = now - upstream_at
+                access_log.log(self.peer, finished.method, finished.url, finished.version, self.status, self.sent,
+                               finished.headers, finished.id_line[14:-2], upstream, now)
         self.status = self.sent = 0
         self.upstream_at = self.upstream_time = None
         self.send_stalled = False
@@ -862,14 +867,6 @@ class FrontProtocol(Protocol):
             self.deadline = factory.reactor.seconds() + factory.keepalive_timeout
         if not self.pipeline:
             self._resume(PAUSED_PIPELINE)
-
-    def _log_access(self, access_log: AccessLog, request: Request) -> None:
-        referer, agent = pick(request.headers, b"referer", b"user-agent")
-        upstream_at, upstream = self.upstream_at, self.upstream_time
-        if upstream is None and upstream_at is not None:
-            upstream = self.factory.reactor.seconds() - upstream_at
-        access_log.log(self.peer, request.method, request.url, request.version, self.status, self.sent, referer,
-                       agent, request.id_line[14:-2], upstream)
 
     def timed_out(self) -> None:
         """The deadline passed: an idle connection closes; a slow request head or body gets 408."""
