@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from passenger import __version__
 from passenger.admin import instance
+from passenger.tools.client import UnixHTTPConnection
 from tests.integration.conftest import (
     APP_PYTHON,
     RawRequest,
@@ -72,18 +73,6 @@ class Reply:
         return json.loads(self.body)
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -108,7 +97,7 @@ class Admin:
         if isinstance(self.target, int):
             connection = http.client.HTTPConnection("127.0.0.1", self.target, timeout=timeout)
         else:
-            connection = _UnixConnection(self.target, timeout)
+            connection = UnixHTTPConnection(self.target, timeout)
         try:
             connection.request(method, path, body=body, headers=sent)
             response = connection.getresponse()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactor
@@ -76,6 +76,20 @@ def listen_tcp() -> tuple[Any, OneConnection]:
     return port, factory
 
 
+@inlineCallbacks
+def connected(small_buffers: bool = False):  # type: ignore[no-untyped-def]
+    """(port, client socket, server Recorder) over loopback; 4 KiB kernel buffers if asked."""
+    port, factory = listen_tcp()
+    client = socket.socket()
+    if small_buffers:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port.getHost().port))
+    server = yield factory.made
+    if small_buffers:
+        server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return port, client, server
+
+
 def read_now(sock: socket.socket) -> bytes:
     """What has arrived on ``sock`` already, without waiting (loopback delivers inside send)."""
     sock.setblocking(False)
@@ -119,10 +133,8 @@ class Pauses:
 
 @pytest_twisted.inlineCallbacks
 def test_an_accepted_connection_sends_before_the_reactor_turns():  # type: ignore[no-untyped-def]
-    port, factory = listen_tcp()
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port, client, server = yield connected()
     try:
-        server = yield factory.made
         assert type(server.transport) is EagerTCPServer
         server.transport.write(b"hello")
         server.transport.writeSequence([b", ", b"eager ", b"world"])
@@ -134,14 +146,9 @@ def test_an_accepted_connection_sends_before_the_reactor_turns():  # type: ignor
 
 @pytest_twisted.inlineCallbacks
 def test_what_the_kernel_refuses_is_queued_in_order_and_pauses_the_producer():  # type: ignore[no-untyped-def]
-    port, factory = listen_tcp()
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect(("127.0.0.1", port.getHost().port))
+    port, client, server = yield connected(small_buffers=True)
     try:
-        server = yield factory.made
         transport = server.transport
-        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         producer = Pauses()
         transport.registerProducer(producer, True)
         first = os.urandom(1 << 20)
@@ -165,13 +172,8 @@ def test_what_the_kernel_refuses_is_queued_in_order_and_pauses_the_producer():  
 
 @pytest_twisted.inlineCallbacks
 def test_a_partial_sendmsg_queues_the_rest_of_the_pieces():  # type: ignore[no-untyped-def]
-    port, factory = listen_tcp()
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect(("127.0.0.1", port.getHost().port))
+    port, client, server = yield connected(small_buffers=True)
     try:
-        server = yield factory.made
-        server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         pieces = [os.urandom(size) for size in (10, 300_000, 5, 400_000, 1)]
         server.transport.writeSequence(pieces)
         expected = b"".join(pieces)
@@ -184,10 +186,8 @@ def test_a_partial_sendmsg_queues_the_rest_of_the_pieces():  # type: ignore[no-u
 
 @pytest_twisted.inlineCallbacks
 def test_a_pull_producer_is_asked_for_more_until_the_end():  # type: ignore[no-untyped-def]
-    port, factory = listen_tcp()
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port, client, server = yield connected()
     try:
-        server = yield factory.made
         content = os.urandom(3 << 20)
         reading = deferToThread(read_exactly, client, len(content))
         yield FileSender().beginFileTransfer(io.BytesIO(content), server.transport)
