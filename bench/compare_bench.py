@@ -14,7 +14,12 @@ processes each, one after another, each started fresh for every scenario:
 
 For each scenario it reports req/s (or MiB/s), server CPU per request, latency
 and errors, the ratios ours/passenger and ours/nginx, and PASS/FAIL against the
-targets.  The conns10k scenario (ours only) runs bench/conns_bench.py: 10,000
+targets.  The two comparisons that are not between contenders are made from
+interleaved runs, so that a machine whose speed drifts over tens of seconds
+skews both sides alike: latency alternates the app talked to directly and ours
+(app, ours, x3), features alternates plain ours and ours with every feature on
+(x3), each pair of servers kept running throughout; the targets use the median
+over the pairs.  The conns10k scenario (ours only) runs bench/conns_bench.py: 10,000
 keep-alive connections, a request on each every 3 s, 30 s of load.  Everything
 listens on 127.0.0.1 only; every process the script starts is stopped by pid on
 exit, error, Ctrl-C and SIGTERM.  Exit status 1 means something went wrong, not
@@ -28,19 +33,21 @@ import base64
 import glob
 import grp
 import http.client
+import math
 import os
 import platform
 import re
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,13 +104,18 @@ HELLO_MIN_RATIO = 2.0  # ours req/s >= 2 x Passenger's
 HELLO_MAX_CPU_US = 45.0  # ours server CPU per request
 MB_MIN_RATIO = 2.0  # ours MiB/s >= 2 x Passenger's
 MB_MAX_CPU_US = 600.0  # ours server CPU per 1 MiB response
-LATENCY_SLACK_MS = 1.0  # ours p99 <= the app's own p99 + this, at the same rate
-FEATURES_MIN_SHARE = 0.90  # ours req/s with every feature on >= 90% of plain hello
+LATENCY_SLACK_MS = 1.0  # median over the pairs of (ours p99 - the app's own p99) <= this, at the same rate
+FEATURES_MIN_SHARE = 0.90  # median over the pairs of ours+features req/s / plain ours req/s >= this
 
 LATENCY_SHARE = 0.5  # the latency scenario runs at 50% of ours' max hello rate
 LATENCY_CONNECTIONS = 50
 RATE_TOLERANCE = 0.10  # the achieved rate must be within 10% of the one asked for
 OTHER_CPU_WARN_PCT = 10.0  # warn when processes outside the run used more than this % of a core
+
+# latency and features: PAIRS pairs of interleaved runs (A, B, A, B, ...), each --duration / PAIRS
+# seconds rounded up, at least PAIR_MIN_S, after one warm-up of each side.
+PAIRS = 3
+PAIR_MIN_S = 3
 
 # conns10k (ours only, bench/conns_bench.py): its three targets are conns_bench's.
 CONNS_CONNECTIONS = 10000  # concurrent keep-alive connections
@@ -156,6 +168,7 @@ class Result:
     server_pids: dict[int, str] = field(default_factory=dict)  # what server_cpu_s covers
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    runs: list[Result] = field(default_factory=list)  # the interleaved runs this row sums up (latency, features)
 
     @property
     def cpu_us(self) -> float | None:
@@ -184,7 +197,63 @@ class Result:
         d["apps_cpu_us_per_request"] = self.apps_cpu_us
         d["rate_off"] = self.rate_off
         d["server_pids"] = {str(k): v for k, v in self.server_pids.items()}
+        d["runs"] = [r.to_json() for r in self.runs]
         return d
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def combine(runs: list[Result]) -> Result:
+    """One table row for several runs of the same side (the interleaved runs of latency and features).
+
+    Requests, seconds, errors and CPU are summed, so req/s, MiB/s and CPU per request are
+    the sums' quotients; p50 and p99 are the median of the runs'; "other CPU" is the
+    runs' average, weighted by their length."""
+    ws = [r.wrk for r in runs]
+    seconds = sum(w.seconds for w in ws)
+    requests = sum(w.requests for w in ws)
+    w = WrkResult(
+        requests=requests, seconds=seconds, rps=requests / seconds if seconds else 0.0,
+        mib_per_s=sum(w.mib_per_s * w.seconds for w in ws) / seconds if seconds else 0.0,
+        p50_ms=_median([w.p50_ms for w in ws]), p99_ms=_median([w.p99_ms for w in ws]),
+        connect_errors=sum(w.connect_errors for w in ws), read_errors=sum(w.read_errors for w in ws),
+        write_errors=sum(w.write_errors for w in ws), timeouts=sum(w.timeouts for w in ws),
+        non_2xx_3xx=sum(w.non_2xx_3xx for w in ws), exit_status=max(w.exit_status for w in ws))
+    others = [(r.other_cpu_pct, r.wrk.seconds) for r in runs if r.other_cpu_pct is not None]
+    weight = sum(s for _, s in others)
+    first = runs[0]
+    return Result(first.scenario, first.contender, w,
+                  server_cpu_s=_sum([r.server_cpu_s for r in runs]), apps_cpu_s=_sum([r.apps_cpu_s for r in runs]),
+                  target_rps=first.target_rps,
+                  other_cpu_pct=sum(p * s for p, s in others) / weight if weight else None,
+                  server_pids={k: v for r in runs for k, v in r.server_pids.items()}, runs=list(runs))
+
+
+def pair_seconds(duration: float) -> int:
+    """Length of each interleaved run: --duration / PAIRS, rounded up, at least PAIR_MIN_S."""
+    return max(PAIR_MIN_S, math.ceil(duration / PAIRS))
+
+
+def features_ratios(plain: Result | None, feat: Result | None) -> list[float]:
+    """ours+features req/s / plain ours req/s of each interleaved pair."""
+    if plain is None or feat is None:
+        return []
+    return [f.wrk.rps / p.wrk.rps for p, f in zip(plain.runs, feat.runs, strict=False) if p.wrk.rps]
+
+
+def latency_diffs(app: Result | None, ours: Result | None) -> list[float]:
+    """ours p99 - app p99 (ms) of each interleaved pair."""
+    if app is None or ours is None:
+        return []
+    return [o.wrk.p99_ms - a.wrk.p99_ms for a, o in zip(app.runs, ours.runs, strict=False)
+            if o.wrk.p99_ms is not None and a.wrk.p99_ms is not None]
 
 
 @dataclass
@@ -237,7 +306,7 @@ class Bench:
         self.results: list[Result] = []
         self.problems: list[str] = []  # something went wrong: exit status 1
         self.app_ids: dict[str, set[Identity]] = {}  # contender -> who ran its apps
-        self.ours_hello: Result | None = None  # the plain hello run of ours, for latency and features
+        self.ours_hello: Result | None = None  # the plain hello run of ours, for the latency scenario's rate
         self.commands: dict[str, str] = {}  # contender -> command line (for the JSON)
         self.extras: dict[str, Any] = {}  # figures of scenarios that are not rows of the table (conns10k)
         self.contenders = [c for c in CONTENDERS if not args.only or c in args.only]
@@ -299,10 +368,10 @@ class Bench:
         finally:
             self.stop(server)
 
-    def record(self, r: Result) -> None:
-        self.results.append(r)
+    def show(self, r: Result, prefix: str = "  ") -> None:
+        """Print a result's line and its notes (a WARNING note is added when other processes were busy)."""
         w = r.wrk
-        line = f"  {r.contender:<13} {w.rps:>9.1f} req/s"
+        line = f"{prefix}{r.contender:<13} {w.rps:>9.1f} req/s"
         if r.scenario == "1mb":
             line += f" {w.mib_per_s:>7.1f} MiB/s"
         if r.target_rps:
@@ -311,10 +380,17 @@ class Bench:
                  f"  p50 {fmt_ms(w.p50_ms)}  p99 {fmt_ms(w.p99_ms)}  errors {w.error_text()}")
         print(line, flush=True)
         if r.other_cpu_pct is not None and r.other_cpu_pct > OTHER_CPU_WARN_PCT:
+            what = "these runs" if r.runs else "this run"
             r.notes.append(f"WARNING: other processes on this machine used {r.other_cpu_pct:.0f}% of a core "
-                           "during this run; its figures are not reliable")
+                           f"during {what}; the figures are not reliable")
         for note in r.notes:
-            print(f"    {note}", flush=True)
+            print(f"{' ' * len(prefix)}  {note}", flush=True)
+
+    def record(self, r: Result) -> None:
+        """Add a row to the table (and print it); wrk errors make the exit status 1."""
+        self.results.append(r)
+        self.show(r)
+        w = r.wrk
         if w.errors or w.exit_status:
             self.problems.append(f"{r.scenario}/{r.contender}: wrk reported errors ({w.error_text()})")
 
@@ -596,22 +672,33 @@ def pacer_script(b: Bench, rate_per_thread: float) -> Path:
     return path
 
 
+def warm_up(b: Bench, server: Server, path: str, connections: int, *, threads: int = 2,
+            rate: float | None = None, wrk_extra: list[str] | None = None) -> None:
+    """One wrk run of --warmup seconds, not measured (none with --warmup 0)."""
+    args = b.args
+    if args.warmup > 0:
+        script = pacer_script(b, rate / threads) if rate else None
+        warm = start_wrk(wrk_argv(b.tools["wrk"], f"http://{HOST}:{server.port}{path}", threads, connections,
+                                  args.warmup, args.wrk_timeout, script) + (wrk_extra or []))
+        finish_wrk(warm, args.warmup, args.wrk_timeout)
+
+
 def measure(b: Bench, server: Server, scenario: str, path: str, connections: int, *, threads: int = 2,
             rate: float | None = None, wrk_extra: list[str] | None = None,
             during: Callable[[threading.Event], dict[str, Any]] | None = None,
-            contender: str | None = None) -> Result:
-    """Warm up, then one measured wrk run with the server's and the apps' CPU read around it.
+            contender: str | None = None, seconds: float | None = None, warm: bool = True) -> Result:
+    """Warm up (unless not `warm`), then one measured wrk run with the server's and the apps' CPU read around it.
 
     rate: fixed total request rate (paced with PACER_LUA), else as fast as possible.
-    during: runs in a thread while the measured run goes on; gets an Event set when it ends."""
+    during: runs in a thread while the measured run goes on; gets an Event set when it ends.
+    seconds: length of the measured run (default --duration)."""
     url = f"http://{HOST}:{server.port}{path}"
     script = pacer_script(b, rate / threads) if rate else None
     extra = wrk_extra or []
     args = b.args
-    if args.warmup > 0:
-        warm = start_wrk(wrk_argv(b.tools["wrk"], url, threads, connections, args.warmup, args.wrk_timeout,
-                                  script) + extra)
-        finish_wrk(warm, args.warmup, args.wrk_timeout)
+    seconds = seconds or args.duration
+    if warm:
+        warm_up(b, server, path, connections, threads=threads, rate=rate, wrk_extra=wrk_extra)
     spids = server.server_pids()
     apids = server.app_pids()
     s0, a0 = cpu_of(list(spids)), cpu_of(apids)
@@ -623,9 +710,9 @@ def measure(b: Bench, server: Server, scenario: str, path: str, connections: int
         thread = threading.Thread(target=lambda: side.update(during(stop)), daemon=True)
         thread.start()
     try:
-        p = start_wrk(wrk_argv(b.tools["wrk"], url, threads, connections, args.duration, args.wrk_timeout,
+        p = start_wrk(wrk_argv(b.tools["wrk"], url, threads, connections, seconds, args.wrk_timeout,
                                script) + extra)
-        res, out = finish_wrk(p, args.duration, args.wrk_timeout)
+        res, out = finish_wrk(p, seconds, args.wrk_timeout)
     finally:
         stop.set()
         if thread is not None:
@@ -674,39 +761,52 @@ def ours_hello(b: Bench, why: str) -> Result:
     return b.ours_hello
 
 
-def measure_apps_direct(b: Bench, rate: float) -> Result:
-    """The app's own latency at `rate`: two wrk at once, one per hello.py process, each at half the rate."""
-    rundir = b.rundir("latency", "app")
-    sessions, ports = start_app_pair(b, rundir, "direct")
-    per = LATENCY_CONNECTIONS // INSTANCES
-    script = pacer_script(b, rate / INSTANCES)
-    args = b.args
-    procs: list[subprocess.Popen[str]] = []
+@dataclass
+class DirectApps:
+    """Two hello.py processes the script started itself, talked to directly (the latency scenario's "app")."""
 
-    def both(seconds: float) -> list[WrkResult]:
-        procs[:] = [start_wrk(wrk_argv(b.tools["wrk"], f"http://{HOST}:{p}/", 1, per, seconds, args.wrk_timeout,
-                                       script)) for p in ports]
-        outs = [finish_wrk(p, seconds, args.wrk_timeout)[0] for p in procs]
-        procs.clear()
-        return outs
+    sessions: list[Session]
+    ports: list[int]
 
+
+@contextmanager
+def direct_apps(b: Bench) -> Iterator[DirectApps]:
+    """Start the two hello.py processes, yield them, and stop them whatever happens."""
+    sessions, ports = start_app_pair(b, b.rundir("latency", "app"), "direct")
     try:
-        if args.warmup > 0:
-            both(args.warmup)
-        a0 = cpu_of([s.pid for s in sessions])
-        load = Load()
-        outs = both(args.duration)
-        a1 = cpu_of([s.pid for s in sessions])
-        ids = {identity(s.pid) for s in sessions}
-        b.app_ids.setdefault("app", set()).update(ids)
+        b.app_ids.setdefault("app", set()).update(identity(s.pid) for s in sessions)
+        yield DirectApps(sessions, ports)
     finally:
-        for p in procs:  # only if interrupted
-            p.kill()
-            p.wait()
         for s in sessions:
             for note in s.stop(grace=10):
                 print(f"  app: {note}", flush=True)
-            b.sessions.remove(s)
+            if s in b.sessions:
+                b.sessions.remove(s)
+
+
+def direct_wrk(b: Bench, apps: DirectApps, rate: float, seconds: float) -> list[WrkResult]:
+    """Two wrk at once, one per hello.py process, each with half the connections and half the rate."""
+    per = LATENCY_CONNECTIONS // INSTANCES
+    script = pacer_script(b, rate / INSTANCES)
+    args = b.args
+    procs = [start_wrk(wrk_argv(b.tools["wrk"], f"http://{HOST}:{p}/", 1, per, seconds, args.wrk_timeout, script))
+             for p in apps.ports]
+    try:
+        return [finish_wrk(p, seconds, args.wrk_timeout)[0] for p in procs]
+    finally:
+        for p in procs:  # only if interrupted or one of them failed to finish
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def measure_direct(b: Bench, apps: DirectApps, rate: float, seconds: float) -> Result:
+    """The app's own latency at `rate` (no warm-up: see direct_wrk); p50 and p99 are the larger of the two."""
+    pids = [s.pid for s in apps.sessions]
+    a0 = cpu_of(pids)
+    load = Load()
+    outs = direct_wrk(b, apps, rate, seconds)
+    a1 = cpu_of(pids)
     w = WrkResult(
         requests=sum(o.requests for o in outs), seconds=max(o.seconds for o in outs),
         rps=sum(o.rps for o in outs), mib_per_s=sum(o.mib_per_s for o in outs),
@@ -724,22 +824,79 @@ def measure_apps_direct(b: Bench, rate: float) -> Result:
     return r
 
 
+def run_pairs(b: Bench, sides: list[Callable[[float], Result]],
+              summary: Callable[[list[Result]], str]) -> list[list[Result]]:
+    """PAIRS rounds of one measured run of each side in turn (A, B, A, B, ...), each pair_seconds long.
+
+    Prints every run and, after each pair, summary(that pair's results). Returns the runs per side."""
+    seconds = pair_seconds(b.args.duration)
+    runs: list[list[Result]] = [[] for _ in sides]
+    for i in range(PAIRS):
+        pair: list[Result] = []
+        for k, side in enumerate(sides):
+            r = side(seconds)
+            runs[k].append(r)
+            pair.append(r)
+            b.show(r, f"  {'pair' if len(sides) > 1 else 'run '} {i + 1}  " if k == 0 else " " * 10)
+        if len(pair) > 1:
+            print(f"{' ' * 10}{summary(pair)}", flush=True)
+    return runs
+
+
 def scenario_latency(b: Bench) -> None:
-    """p99 at a fixed rate: half of ours' max hello rate, against the app's own p99 at that rate."""
+    """p99 at a fixed rate (half of ours' max hello rate): ours against the app's own p99, interleaved."""
     rate = LATENCY_SHARE * ours_hello(b, "the latency scenario's rate").wrk.rps
     if rate <= 0:
         raise RuntimeError("ours' hello rate is 0; cannot pick a rate for the latency scenario")
+    with_ours = "ours" in b.contenders
     print(f"  fixed rate {rate:.0f} req/s ({100 * LATENCY_SHARE:.0f}% of ours' hello rate), "
           f"{LATENCY_CONNECTIONS} connections, paced by wrk delay()", flush=True)
-    b.record(measure_apps_direct(b, rate))
+    print(f"  {'app (two hello.py, talked to directly) and ours alternate' if with_ours else 'app'}: {PAIRS} "
+          f"{'pairs' if with_ours else 'runs'} of {pair_seconds(b.args.duration)}s, app first, after a "
+          f"{b.args.warmup:g}s warm-up of each; {'both stay' if with_ours else 'it stays'} up throughout",
+          flush=True)
+
+    def diff(pair: list[Result]) -> str:
+        app, ours = pair
+        if app.wrk.p99_ms is None or ours.wrk.p99_ms is None:
+            return "ours p99 - app p99: -"
+        return f"ours p99 - app p99: {ours.wrk.p99_ms - app.wrk.p99_ms:+.2f}ms"
+
+    with ExitStack() as stack:
+        apps = stack.enter_context(direct_apps(b))
+        sides: list[Callable[[float], Result]] = [lambda sec: measure_direct(b, apps, rate, sec)]
+        ours: Server | None = None
+        if with_ours:
+            ours = stack.enter_context(b.running("ours", "latency"))
+        if b.args.warmup > 0:
+            direct_wrk(b, apps, rate, b.args.warmup)
+        if ours is not None:
+            server = ours
+            warm_up(b, server, "/", LATENCY_CONNECTIONS, rate=rate)
+            sides.append(lambda sec: measure(b, server, "latency", "/", LATENCY_CONNECTIONS, rate=rate,
+                                             seconds=sec, warm=False))
+        runs = run_pairs(b, sides, diff)
+    rows = [combine(side) for side in runs]
+    if len(rows) > 1:
+        diffs = latency_diffs(rows[0], rows[1])
+        print(f"  median ours p99 - app p99: {fmt(_median(diffs), '+.2f', 'ms')} over {len(diffs)} pairs "
+              f"(limit +{LATENCY_SLACK_MS:g}ms)", flush=True)
+    print(f"  sums over the {PAIRS} runs of each (p50 and p99: the median of the runs'):", flush=True)
+    for r in rows:
+        b.record(r)
     for c in b.contenders:
-        with b.running(c, "latency") as s:
-            b.record(measure(b, s, "latency", "/", LATENCY_CONNECTIONS, rate=rate))
+        if c != "ours":
+            with b.running(c, "latency") as s:
+                b.record(measure(b, s, "latency", "/", LATENCY_CONNECTIONS, rate=rate))
     for r in b.results:
-        if r.scenario == "latency" and r.rate_off is not None and abs(r.rate_off) > RATE_TOLERANCE:
-            print(f"  WARNING: {r.contender} achieved {r.wrk.rps:.0f} req/s, {100 * r.rate_off:+.1f}% off the "
-                  f"{rate:.0f} asked (tolerance ±{100 * RATE_TOLERANCE:.0f}%): its p99 is not at the same load",
-                  flush=True)
+        if r.scenario != "latency":
+            continue
+        for i, x in enumerate(r.runs or [r]):
+            if x.rate_off is not None and abs(x.rate_off) > RATE_TOLERANCE:
+                run = f" (pair {i + 1})" if r.runs else ""
+                print(f"  WARNING: {x.contender}{run} achieved {x.wrk.rps:.0f} req/s, {100 * x.rate_off:+.1f}% off "
+                      f"the {rate:.0f} asked (tolerance ±{100 * RATE_TOLERANCE:.0f}%): its p99 is not at the same "
+                      "load", flush=True)
 
 
 def scrape_metrics(port: int, password: str, interval: float = 1.0) -> Callable[[threading.Event], dict[str, Any]]:
@@ -771,27 +928,37 @@ def scrape_metrics(port: int, password: str, interval: float = 1.0) -> Callable[
 
 
 def scenario_features(b: Bench) -> None:
-    """Ours only: hello with every feature on, against ours' plain hello.
+    """Ours only: hello with every feature on, against plain ours, interleaved.
 
-    The access log, the admin endpoint (its /metrics scraped every second during the
-    run), a trusted proxy (wrk sends X-Forwarded-For) and the version header."""
+    Two servers run side by side: plain ours and ours with the access log, the admin
+    endpoint (its /metrics scraped every second during each run), a trusted proxy and
+    the version header. wrk sends X-Forwarded-For to both (the plain one trusts no
+    proxy and drops it), and the runs alternate: plain, features, x PAIRS."""
     if "ours" not in b.contenders:
         print("  skipped: ours is not among --only", flush=True)
         return
-    plain = ours_hello(b, "the features target")
     files = b.tmp / "features-files"
     files.mkdir(exist_ok=True)
     access_log = files / "access.log"
     admin_port = free_port()
     extra = ["--access-log", str(access_log), "--admin-listen", f"tcp:{admin_port}:interface={HOST}",
              "--trusted-proxy", HOST, "--show-version-in-header"]
-    with b.running("ours", "features", extra) as s:
-        registry = s.info["registry"]
+    xff = ["-H", "X-Forwarded-For: 203.0.113.7"]
+    print(f"  plain ours and ours+features alternate: {PAIRS} pairs of {pair_seconds(b.args.duration)}s runs, "
+          f"plain first, after a {b.args.warmup:g}s warm-up of each; both stay up throughout; wrk sends "
+          "X-Forwarded-For to both", flush=True)
+
+    def share(pair: list[Result]) -> str:
+        plain, feat = pair
+        return f"features/plain: {fmt(100 * feat.wrk.rps / plain.wrk.rps if plain.wrk.rps else None, '.1f', '%')}"
+
+    with b.running("ours", "features") as plain, b.running("ours", "features", extra) as feat:
+        registry = feat.info["registry"]
         passwords = glob.glob(str(registry / "passenger.*" / "full_admin_password.txt"))
         if not passwords:
             raise RuntimeError(f"features: no full_admin_password.txt under {registry}")
         password = Path(passwords[0]).read_text().strip()
-        conn = http.client.HTTPConnection(HOST, s.port, timeout=10)
+        conn = http.client.HTTPConnection(HOST, feat.port, timeout=10)
         try:
             conn.request("GET", "/", headers={"X-Forwarded-For": "203.0.113.7"})
             resp = conn.getresponse()
@@ -801,23 +968,39 @@ def scenario_features(b: Bench) -> None:
             conn.close()
         if not powered:
             b.problems.append("features: no X-Powered-By header although --show-version-in-header is on")
-        r = measure(b, s, "features", "/", 50, wrk_extra=["-H", "X-Forwarded-For: 203.0.113.7"],
-                    during=scrape_metrics(admin_port, password), contender="ours+features")
+        warm_up(b, plain, "/", 50, wrk_extra=xff)
+        warm_up(b, feat, "/", 50, wrk_extra=xff)
+        runs = run_pairs(b, [
+            lambda sec: measure(b, plain, "features", "/", 50, wrk_extra=xff, seconds=sec, warm=False),
+            lambda sec: measure(b, feat, "features", "/", 50, wrk_extra=xff, seconds=sec, warm=False,
+                                during=scrape_metrics(admin_port, password), contender="ours+features"),
+        ], share)
+    plain_row, feat_row = combine(runs[0]), combine(runs[1])
+    ratios = features_ratios(plain_row, feat_row)
+    print(f"  median features/plain: {fmt(100 * statistics.median(ratios) if ratios else None, '.1f', '%')} "
+          f"over {len(ratios)} pairs (target >= {100 * FEATURES_MIN_SHARE:.0f}%)", flush=True)
     try:
         with open(access_log, "rb") as f:
             lines = sum(1 for _ in f)
     except OSError:
         lines = 0
-    r.extra.update({"access_log_lines": lines, "x_powered_by": powered})
-    r.notes.append(f"/metrics scraped {r.extra.get('scrapes_ok', 0)} times "
-                   f"({r.extra.get('scrapes_failed', 0)} failed, slowest {fmt_ms(r.extra.get('scrape_ms_max'))}); "
-                   f"access log {lines} lines; X-Powered-By: {powered}")
-    if r.extra.get("scrapes_failed") or not r.extra.get("scrapes_ok"):
-        b.problems.append(f"features: /metrics scrapes failed: {r.extra.get('scrape_errors')}")
-    if lines < r.wrk.requests:
-        b.problems.append(f"features: the access log has {lines} lines for {r.wrk.requests} measured requests")
-    b.record(r)
-    r.extra["plain_rps"] = plain.wrk.rps
+    sides = [r.extra for r in feat_row.runs]
+    ok = sum(x.get("scrapes_ok", 0) for x in sides)
+    bad = sum(x.get("scrapes_failed", 0) for x in sides)
+    slowest = max((x["scrape_ms_max"] for x in sides if x.get("scrape_ms_max") is not None), default=None)
+    errors = [e for x in sides for e in x.get("scrape_errors", [])]
+    feat_row.extra.update({"scrapes_ok": ok, "scrapes_failed": bad, "scrape_ms_max": slowest,
+                           "scrape_errors": errors[:5], "access_log_lines": lines, "x_powered_by": powered,
+                           "pair_ratios": ratios, "median_pair_ratio": statistics.median(ratios) if ratios else None})
+    feat_row.notes.append(f"/metrics scraped {ok} times ({bad} failed, slowest {fmt_ms(slowest)}); "
+                          f"access log {lines} lines; X-Powered-By: {powered}")
+    if bad or not ok:
+        b.problems.append(f"features: /metrics scrapes failed: {errors[:5]}")
+    if lines < feat_row.wrk.requests:
+        b.problems.append(f"features: the access log has {lines} lines for {feat_row.wrk.requests} measured requests")
+    print(f"  sums over the {PAIRS} runs of each (p50 and p99: the median of the runs'):", flush=True)
+    b.record(plain_row)
+    b.record(feat_row)
 
 
 def scenario_conns10k(b: Bench) -> None:
@@ -894,26 +1077,32 @@ def checks(b: Bench) -> list[Check]:
         throughput("1mb", "MiB/s", lambda r: r.wrk.mib_per_s, MB_MIN_RATIO, MB_MAX_CPU_US)
     if "latency" in ran:
         ours, app = b.find("latency", "ours"), b.find("latency", "app")
-        what = f"ours p99 <= app p99 + {LATENCY_SLACK_MS:g} ms"
-        if ours and app and ours.wrk.p99_ms is not None and app.wrk.p99_ms is not None:
-            limit = app.wrk.p99_ms + LATENCY_SLACK_MS
-            off = [f"{r.contender} {100 * (r.rate_off or 0):+.0f}%" for r in (ours, app)
-                   if r.rate_off is not None and abs(r.rate_off) > RATE_TOLERANCE]
-            out.append(Check("latency", what, ours.wrk.p99_ms <= limit,
-                             f"ours {fmt_ms(ours.wrk.p99_ms)} vs app {fmt_ms(app.wrk.p99_ms)} (limit "
-                             f"{fmt_ms(limit)}) at {ours.target_rps:.0f} req/s"
+        what = f"ours p99 <= app p99 + {LATENCY_SLACK_MS:g} ms (median of {PAIRS} interleaved pairs)"
+        diffs = latency_diffs(app, ours)
+        if ours and app and diffs:
+            med = statistics.median(diffs)
+            off = [f"{x.contender} pair {i + 1} {100 * (x.rate_off or 0):+.0f}%" for r in (app, ours)
+                   for i, x in enumerate(r.runs) if x.rate_off is not None and abs(x.rate_off) > RATE_TOLERANCE]
+            out.append(Check("latency", what, med <= LATENCY_SLACK_MS,
+                             f"median ours - app {med:+.2f}ms over {len(diffs)} pairs "
+                             f"({', '.join(f'{d:+.2f}' for d in diffs)} ms; limit +{LATENCY_SLACK_MS:g}ms) "
+                             f"at {ours.target_rps or 0:.0f} req/s"
                              + (f"; RATE OFF: {', '.join(off)}" if off else "")))
         else:
             out.append(Check("latency", what, None, "needs ours and the app"))
     feat = b.find("features", "ours+features")
     if feat is not None:
-        plain = b.ours_hello
-        need = FEATURES_MIN_SHARE * plain.wrk.rps if plain else 0
-        out.append(Check("features", f"req/s >= {100 * FEATURES_MIN_SHARE:.0f}% of plain hello",
-                         None if plain is None else feat.wrk.rps >= need,
-                         f"{feat.wrk.rps:.1f} vs plain {plain.wrk.rps if plain else 0:.1f} "
-                         f"({100 * feat.wrk.rps / plain.wrk.rps if plain and plain.wrk.rps else 0:.1f}%); "
-                         f"needs >= {need:.1f}"))
+        plain = b.find("features", "ours")
+        ratios = features_ratios(plain, feat)
+        what = f"req/s >= {100 * FEATURES_MIN_SHARE:.0f}% of plain ours (median of {PAIRS} interleaved pairs)"
+        if plain and ratios:
+            med = statistics.median(ratios)
+            out.append(Check("features", what, med >= FEATURES_MIN_SHARE,
+                             f"median {100 * med:.1f}% over {len(ratios)} pairs "
+                             f"({', '.join(f'{100 * x:.1f}' for x in ratios)}%); summed {feat.wrk.rps:.1f} vs "
+                             f"plain {plain.wrk.rps:.1f} req/s; needs >= {100 * FEATURES_MIN_SHARE:.0f}%"))
+        else:
+            out.append(Check("features", what, None, "no pair with a plain run that served requests"))
     conns = b.extras.get("conns10k")
     if conns is not None:
         if "targets" in conns:
@@ -1045,7 +1234,9 @@ def main() -> int:
         print(f"app: {app}, {INSTANCES} processes per contender"
               + (f", run as {b.account.name!r} (as ours runs them)" if b.account else ""))
         print(f"contenders: {', '.join(b.contenders)}; scenarios: {', '.join(s.name for s in scenarios)}")
-        print(f"each run: fresh start, {args.warmup:g}s warm-up, {args.duration:g}s measured; logs in {tmp}")
+        print(f"each run: fresh start, {args.warmup:g}s warm-up, {args.duration:g}s measured; latency (app, ours) "
+              f"and features (plain, features): {PAIRS} interleaved pairs of {pair_seconds(args.duration)}s runs "
+              f"instead, after one warm-up of each side; logs in {tmp}")
         print("CPU us/req: utime+stime of the server's processes (not the apps) during the measured run / "
               "requests wrk counted\n", flush=True)
         for sc in scenarios:
