@@ -652,6 +652,7 @@ def test_the_drain_timeout_cuts_off_what_is_left(embedded: Callable[..., Embedde
     yield until(lambda: server.group.ready)
     pid = server.group.ready[0].pid
     slow = server.get("/app/sleep?ms=10000")
+    yield until(lambda: server.group.ready[0].sessions == 1)  # it holds the only process before the next comes
     queued = server.get("/app/echo")
     yield until(lambda: server.group.waiting == 1)
     yield server.top.stopService()
