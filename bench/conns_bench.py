@@ -626,7 +626,7 @@ def load_run(label: str, host: str, port: int, path: str, n: int, interval: floa
             f"connect time p99 {fmt_ms((out['connect']['p99_connect_ms'] or 0) / 1000)}, "
             f"max {fmt_ms((out['connect']['max_connect_ms'] or 0) / 1000)}")
         if rss_pid is not None:
-            time.sleep(1.0)
+            time.sleep(1.0)  # the server may still be taking in the last accepts; nothing outside it tells when
             out["rss"]["all_open"] = proc_status(rss_pid)
             out["server_fds_all_open"] = open_fds(rss_pid)
         peak = {"VmRSS": 0}
@@ -642,7 +642,7 @@ def load_run(label: str, host: str, port: int, path: str, n: int, interval: floa
         say(f"  [{label}] load: GET {path} on each connection every {interval:g} s "
             f"(~{n / interval:.0f} req/s) for {duration:g} s")
         clients.send(("go", start, end))
-        while time.monotonic() < start:
+        while time.monotonic() < start:  # the clients start their load at this moment
             time.sleep(0.01)
         cpu0 = {name: cpu_of(pids) for name, pids in watch}
         cl0 = cpu_of(clients.pids)
@@ -703,7 +703,7 @@ def load_run(label: str, host: str, port: int, path: str, n: int, interval: floa
         clients.send(("close",))
         clients.gather("closed", time.monotonic() + 30)
         if rss_pid is not None:
-            time.sleep(1.0)
+            time.sleep(1.0)  # as above, for the closes: then read its memory
             out["rss"]["after_close"] = proc_status(rss_pid)
         return out
     finally:
@@ -926,7 +926,7 @@ def run(options: argparse.Namespace | dict[str, Any], indent: str = "") -> dict[
         srv: dict[str, Any] = {"pid": server_pid}
         if server_pid is not None:
             apps = children(server_pid)
-            time.sleep(1.0)
+            time.sleep(1.0)  # a reading "at rest": let the server finish its start-up work first
             soft, hard = nofile_limit(server_pid)
             need = n + 2 * args.instances + 64
             srv.update({"app_pids": apps, "rss_at_rest": proc_status(server_pid), "fds_at_rest": open_fds(server_pid),

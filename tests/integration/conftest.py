@@ -181,6 +181,10 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         server.kill()
 
 
+#: The app group of echo_app_args: named after its root's basename.
+ECHO_GROUP = APPS.name
+
+
 def echo_app_args(*extra: str) -> list[str]:
     """Options that run tests/apps/echo_app.py."""
     return ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py", *extra]

@@ -42,6 +42,7 @@ from passenger.admin import instance
 from passenger.tools.client import UnixHTTPConnection
 from tests.integration.conftest import (
     APP_PYTHON,
+    ECHO_GROUP,
     RawRequest,
     Server,
     echo_app_args,
@@ -54,7 +55,7 @@ from tests.integration.conftest import (
 )
 
 Serve = Callable[..., Server]
-APP = "apps"  # the app group's name: the basename of tests/apps (echo_app_args' --app-root)
+APP = ECHO_GROUP
 NOBODY = 65534
 
 

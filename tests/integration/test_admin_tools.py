@@ -44,6 +44,7 @@ from passenger.tools import config_command, status
 from tests.integration.conftest import (
     APP_PYTHON,
     APPS,
+    ECHO_GROUP,
     RawRequest,
     Server,
     echo_app_args,
@@ -56,8 +57,7 @@ from tests.integration.conftest import (
 
 Serve = Callable[..., Server]
 BIN = Path(sys.executable).parent
-#: The app group of echo_app_args: named after its root's basename.
-APP = APPS.name
+APP = ECHO_GROUP
 #: Seconds a tool may take (each takes well under one).
 TOOL_TIMEOUT = 20
 
