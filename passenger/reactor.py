@@ -9,6 +9,10 @@ with ``twisted.logger`` under its own namespaces, so the context buys nothing;
 an exception from ``doRead``/``doWrite`` is still caught, logged and turned
 into a lost connection by ``_doReadOrWrite``, as in every Twisted reactor.
 
+It also runs the events of one poll as a pass: the eager transports
+(``passenger.http.eager``) hold what is written during it and send it when it
+ends, so that each peer is woken once for a burst rather than once a request.
+
 ``twistd passenger`` installs it when no reactor was chosen (``--reactor``
 picks any other; ``--reactor passenger-epoll`` names this one).  Embedding
 applications and ``twist`` keep the reactor they installed.
@@ -17,13 +21,22 @@ applications and ``twist`` keep the reactor they installed.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
 
 
 class PassengerEPollReactor(EPollReactor):
-    """EPollReactor whose events are dispatched straight to ``_doReadOrWrite``."""
+    """EPollReactor whose events are dispatched straight to ``_doReadOrWrite``, in passes whose
+    writes are sent together at the end (``passenger.http.eager``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: A pass is running: eager transports hold their writes until it ends.
+        self.dispatching = False
+        #: The transports holding writes of this pass (``EagerWrites.uncork``).
+        self.corked: list[Any] = []
 
     def doPoll(self, timeout: float | None) -> None:
         try:
@@ -32,10 +45,23 @@ class PassengerEPollReactor(EPollReactor):
             return
         selectables = self._selectables
         dispatch = self._doReadOrWrite
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is not None:
-                dispatch(selectable, fd, event)
+        self.dispatching = True
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    dispatch(selectable, fd, event)
+        finally:
+            self.dispatching = False
+            self.send_corked()
+
+    def send_corked(self) -> None:
+        """Send what the transports held during the pass (sending cannot hold more: no pass runs)."""
+        corked = self.corked
+        if corked:
+            self.corked = []
+            for transport in corked:
+                transport.uncork()
 
     doIteration = doPoll
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from passenger.http.eager import (
@@ -263,3 +266,183 @@ def test_other_reactors_keep_their_own_connect() -> None:
     connect_unix(reactor, "/tmp/app.sock", ClientFactory(), timeout=5)
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 8000)]
     assert [address for address, *_ in reactor.unixClients] == ["/tmp/app.sock"]
+
+
+# Write passes: a PassengerEPollReactor of the test's own, turned by hand (never installed).
+class Scripted(Protocol):
+    """Runs ``script(transport, client)`` for the first bytes it receives, inside the reactor's pass."""
+
+    def __init__(self, script: Any, client: list[socket.socket]) -> None:
+        self.script = script
+        self.client = client
+        self.seen_in_pass: bytes | None = None
+        self.lost = False
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.script(self.transport)
+        self.seen_in_pass = read_now(self.client[0])  # what the peer has while the pass runs
+
+
+@pytest.fixture
+def passes():  # type: ignore[no-untyped-def]
+    """(reactor, run(script) -> (protocol, client socket)) over loopback."""
+    from passenger.reactor import PassengerEPollReactor
+
+    reactor = PassengerEPollReactor()
+    opened: list[socket.socket] = []
+    ports: list[Any] = []
+
+    def run(script: Any) -> tuple[Scripted, socket.socket]:
+        client: list[socket.socket] = []
+        made: list[Scripted] = []
+
+        class Once(ClientFactory):
+            def buildProtocol(self, addr: object) -> Scripted:
+                made.append(Scripted(script, client))
+                return made[0]
+
+        port = make_eager(reactor.listenTCP(0, Once(), interface="127.0.0.1"))
+        ports.append(port)
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        opened.append(sock)
+        client.append(sock)
+        sock.sendall(b"go")
+        turn_until(reactor, lambda: made and made[0].seen_in_pass is not None)
+        return made[0], sock
+
+    yield reactor, run
+    for sock in opened:
+        sock.close()
+    for port in ports:
+        port.stopListening()
+    for selectable in reactor.removeAll():
+        selectable.connectionLost(Failure(ConnectionDone()))
+    turn_until(reactor, lambda: not reactor.getDelayedCalls())
+    reactor._poller.close()
+
+
+def turn_until(reactor: Any, done: Any, seconds: float = 5) -> None:
+    """Turn the reactor (timers, then one poll pass) until ``done()``, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the reactor never got there"
+        reactor.iterate(0.01)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    sock.setblocking(True)
+    sock.settimeout(5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_writes_of_a_pass_leave_together_when_it_ends(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+
+    def script(transport: Any) -> None:
+        transport.write(b"one ")
+        transport.writeSequence([b"two ", b"three"])
+
+    protocol, client = run(script)
+    assert type(protocol.transport) is EagerTCPServer
+    assert protocol.seen_in_pass == b"", "nothing leaves while the pass runs"
+    assert not reactor.corked, "the pass ended: nothing is held"
+    assert read_now(client) == b"one two three"
+
+
+def test_writes_outside_a_pass_leave_at_once(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+    protocol, client = run(lambda transport: None)
+    reactor.callLater(0, protocol.transport.write, b"from a timer")
+    reactor.runUntilCurrent()  # timers run outside the poll pass
+    assert read_now(client) == b"from a timer"
+
+
+def test_closing_in_a_pass_sends_what_it_held_first(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+
+    def script(transport: Any) -> None:
+        transport.writeSequence([b"last ", b"words"])
+        transport.loseConnection()
+
+    protocol, client = run(script)
+    turn_until(reactor, lambda: protocol.lost)
+    assert protocol.seen_in_pass + read_to_end(client) == b"last words"
+
+
+def test_aborting_in_a_pass_drops_what_it_held(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+
+    def script(transport: Any) -> None:
+        transport.write(b"never sent")
+        transport.abortConnection()
+
+    protocol, client = run(script)
+    turn_until(reactor, lambda: protocol.lost)
+    assert protocol.seen_in_pass + read_to_end(client) == b""
+
+
+def test_a_pull_producer_registered_in_a_pass_writes_after_what_was_held(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+    content = os.urandom(300_000)
+
+    def script(transport: Any) -> None:
+        transport.write(b"head:")
+        FileSender().beginFileTransfer(io.BytesIO(content), transport).addCallback(
+            lambda _: transport.loseConnection())
+
+    protocol, client = run(script)
+    expected = b"head:" + content
+    got = protocol.seen_in_pass
+    client.setblocking(False)
+    deadline = time.monotonic() + 10
+    while len(got) < len(expected) and time.monotonic() < deadline:
+        reactor.iterate(0.01)
+        got += read_now(client)
+    assert got == expected
+
+
+def test_a_write_of_text_in_a_pass_fails_at_the_caller(passes):  # type: ignore[no-untyped-def]
+    _reactor, run = passes
+    errors: list[type] = []
+
+    def script(transport: Any) -> None:
+        transport.write(b"fine")
+        for bad in (lambda: transport.write("text"), lambda: transport.writeSequence([b"ok", "text"])):
+            try:
+                bad()
+            except TypeError as e:
+                errors.append(type(e))
+
+    _protocol, client = run(script)
+    assert errors == [TypeError, TypeError]
+    assert read_now(client) == b"fine"
+
+
+def test_a_push_producer_is_paused_inside_a_pass_as_in_twisted(passes):  # type: ignore[no-untyped-def]
+    """What a pass holds counts: past bufferSize it goes out, and a full socket pauses the producer
+    at once (the response relay drains held bytes in a loop until it is paused)."""
+    _reactor, run = passes
+    producer = Pauses()
+    written: list[int] = []
+
+    def script(transport: Any) -> None:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.registerProducer(producer, True)
+        piece = b"x" * 16384
+        while not producer.events and len(written) < 1000:  # 16 MiB if nothing ever pauses
+            transport.write(piece)
+            written.append(len(piece))
+
+    protocol, _client = run(script)
+    assert producer.events == ["pause"]
+    assert sum(written) < 4 << 20, f"{sum(written)} bytes were taken before the producer was paused"
+    protocol.transport.unregisterProducer()
