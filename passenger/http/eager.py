@@ -84,7 +84,8 @@ class EagerWrites:
         reactor = self.reactor
         if not getattr(reactor, "dispatching", False):
             return None
-        self._corked = corked = []
+        corked: list[bytes] = []
+        self._corked = corked
         self._corked_size = 0
         reactor.corked.append(self)
         return corked
@@ -109,7 +110,7 @@ class EagerWrites:
                 self._send_one(data)
                 return
         elif not isinstance(data, bytes):
-            super().write(data)  # type: ignore[misc]  (raises Twisted's TypeError)
+            super().write(data)  # raises Twisted's TypeError
         corked.append(data)
         self._corked_size += len(data)
         if self._corked_size > self.bufferSize:
