@@ -18,20 +18,21 @@ import ipaddress
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, IPushProducer, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
 from passenger import __version__
 from passenger.config import ServerConfig
 from passenger.http.access_log import AccessLog
+from passenger.http.connection import ConnectionProtocol
 from passenger.http.errors import REASONS, error_response, page_response
 from passenger.http.headers import (
     FORWARDED,
@@ -153,9 +154,8 @@ class Request:
         self.started = 0.0
 
 
-@implementer(IPushProducer)
-class FrontProtocol(Protocol):
-    log = Logger()
+class FrontProtocol(ConnectionProtocol):
+    log: ClassVar[Logger] = Logger()
 
     def __init__(self, factory: FrontFactory) -> None:
         self.factory = factory
@@ -243,7 +243,7 @@ class FrontProtocol(Protocol):
         if upstream is not None:
             upstream.front = None
             if upstream.transport is not None:
-                upstream.transport.abortConnection()  # type: ignore[attr-defined]
+                upstream.transport.abortConnection()
         process, self.process = self.process, None
         if process is not None:
             self._cancel_request_timer()
@@ -569,7 +569,7 @@ class FrontProtocol(Protocol):
         self.responding = True
         self.status = found.status
         sent = static.respond(found, request.method, request.headers, request.version, request.keep_alive,
-                              transport)  # type: ignore[arg-type]
+                              transport)
         sent.addCallbacks(lambda _: self._static_sent(request), self._static_failed)
 
     def _static_sent(self, request: Request) -> None:
@@ -582,7 +582,7 @@ class FrontProtocol(Protocol):
         self.responding = False
         self.active = None
         if self.transport is not None and not self.disconnected:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def deliver(self, process: AppProcess) -> None:
         """Waiter: ``process`` will serve the active request."""
@@ -668,7 +668,7 @@ class FrontProtocol(Protocol):
                           pid=process.pid, app=process.app)
             self._release()
             if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()
             return
         if (upstream.reused and not upstream.answered and request.method in SAFE_METHODS
                 and not request.has_body and process.state == READY):
@@ -691,7 +691,7 @@ class FrontProtocol(Protocol):
         self._release()
         if self.responding:
             if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()
         else:
             self._send_error(502, "Bad Gateway", "The application sent an invalid response.")
 
@@ -724,13 +724,13 @@ class FrontProtocol(Protocol):
         if upstream is not None:
             upstream.front = None
             if upstream.transport is not None:
-                upstream.transport.abortConnection()  # type: ignore[attr-defined]
+                upstream.transport.abortConnection()
         self.process = None
         self.group.release(process)
         if self.responding or self.tunnel:
             self.responding = False
             if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.transport.abortConnection()
             return
         self._send_error(504, "Gateway Timeout", detail)
 
@@ -806,7 +806,7 @@ class FrontProtocol(Protocol):
             request.keep_alive = False
             if upstream.transport is not None and upstream.streaming:
                 upstream.streaming = False
-                upstream.transport.unregisterProducer()  # type: ignore[attr-defined]
+                upstream.transport.unregisterProducer()
             self._resume(PAUSED_UPSTREAM)
         if reusable and process.state == READY and not upstream.closed and len(process.idle) < IDLE_CONNECTIONS:
             process.idle.append(upstream)
@@ -877,7 +877,7 @@ class FrontProtocol(Protocol):
         if self.send_stalled:
             self.log.info("Closing the connection of {peer}: it read nothing of its response for {timeout} s "
                           "(send_timeout)", peer=self.peer.decode(), timeout=self.factory.send_timeout)
-            transport.abortConnection()  # type: ignore[attr-defined]
+            transport.abortConnection()
             return
         if self.paused:  # we are not reading (back-pressure): the client is not the slow one
             self.deadline = self.factory.reactor.seconds() + self.factory.body_timeout
@@ -926,7 +926,7 @@ class FrontProtocol(Protocol):
             return  # a later request is bad: answer the current one, then close
         if self.active is not None:
             if self.responding:
-                transport.abortConnection()  # type: ignore[attr-defined]
+                transport.abortConnection()
                 return
             self._abandon()
         transport.write(error_response(status, REASONS.get(status, "Error"), detail, False))
@@ -961,14 +961,14 @@ class FrontProtocol(Protocol):
 
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self.transport.pauseProducing()
         self.paused |= reason
 
     def _resume(self, reason: int) -> None:
         if self.paused & reason:
             self.paused &= ~reason
             if not self.paused and self.transport is not None and not self.disconnected:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+                self.transport.resumeProducing()
 
     # Server shutdown.
     def shut_down(self) -> None:
@@ -989,6 +989,9 @@ class FrontProtocol(Protocol):
         self.grace = None
         if self.active is None and self.transport is not None:
             self.transport.loseConnection()
+
+
+classImplements(FrontProtocol, IPushProducer)  # for the app connection's transport, while a body streams
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -1054,7 +1057,7 @@ class FrontFactory(Factory):
             return False
         return any(ip in network for network in self.trusted_proxies)
 
-    def buildProtocol(self, addr: object) -> FrontProtocol | None:
+    def buildProtocol(self, addr: object) -> FrontProtocol | None:  # type: ignore[override]  # not a twisted Protocol
         if self.max_connections and len(self.connections) >= self.max_connections:
             now = self.reactor.seconds()
             if now - self._refused_logged >= 10:  # a line every 10 s, not one per connection
@@ -1108,4 +1111,4 @@ class FrontFactory(Factory):
     def abort_all(self) -> None:
         for protocol in list(self.connections):
             if protocol.transport is not None:
-                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+                protocol.transport.abortConnection()

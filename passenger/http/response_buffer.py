@@ -19,11 +19,11 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 #: Bytes held in memory before the rest goes to a file (Passenger's DEFAULT_FILE_BUFFERED_CHANNEL_THRESHOLD).
 MEMORY_THRESHOLD = 128 * 1024
@@ -31,11 +31,10 @@ MEMORY_THRESHOLD = 128 * 1024
 READ_SIZE = 65536
 
 
-@implementer(IPushProducer)
 class ResponseBuffer:
     """One client connection's response path, registered as its transport's producer while a response runs."""
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()
 
     def __init__(self, transport: Any, directory: str | None, high_watermark: int,
                  stalled: Callable[[bool], None]) -> None:
@@ -209,3 +208,6 @@ class ResponseBuffer:
         file, self.file = self.file, None
         if file is not None:
             file.close()
+
+
+classImplements(ResponseBuffer, IPushProducer)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.interfaces import IConnector
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
+from passenger.http.connection import ConnectionProtocol
 from passenger.http.dates import date_line
 from passenger.http.headers import CHUNKED, CONNECTION, DATE, LENGTH, PASSED, RESPONSE_SPECIAL, connection_tokens
 
@@ -38,7 +39,7 @@ _NO_BODY_STATUS = (204, 304)
 _CHUNK_END = b"0\r\n\r\n"
 
 
-class UpstreamConnection(Protocol):
+class UpstreamConnection(ConnectionProtocol):
     """One keep-alive HTTP/1.1 connection to an app process."""
 
     def __init__(self, process: AppProcess, front: FrontProtocol | None) -> None:
@@ -79,8 +80,8 @@ class UpstreamConnection(Protocol):
         transport = self.transport
         assert transport is not None
         if self.process.unix_path is None:
-            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
-        transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+            transport.setTcpNoDelay(True)
+        transport.bufferSize = READ_SIZE
         self.process.connections.add(self)
         front = self.front
         if front is None:
@@ -112,7 +113,7 @@ class UpstreamConnection(Protocol):
     def process_gone(self) -> None:
         """The process died: this connection is useless."""
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     # Sending.
     def send(self, front: FrontProtocol, request: Request) -> None:
@@ -154,7 +155,7 @@ class UpstreamConnection(Protocol):
             front.held_for = self
             front.held.extend(pieces)
         else:
-            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+            self.transport.writeSequence(pieces)
 
     def _flush_held(self) -> None:
         front = self.front
@@ -408,7 +409,7 @@ class UpstreamConnection(Protocol):
             front.bad_response(self, why)
         self.front = None
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
 
 class UpstreamFactory(ClientFactory):
@@ -420,7 +421,7 @@ class UpstreamFactory(ClientFactory):
         self.process = process
         self.front: FrontProtocol | None = front
 
-    def buildProtocol(self, addr: object) -> UpstreamConnection:
+    def buildProtocol(self, addr: object) -> UpstreamConnection:  # type: ignore[override]  # not a twisted Protocol
         front, self.front = self.front, None
         return UpstreamConnection(self.process, front)
 

@@ -1,4 +1,5 @@
-"""The wheel a user installs: twistd finds the plugin, and Twisted's packages are not clobbered.
+"""The wheel a user installs: twistd finds the plugin, Twisted's packages are not clobbered,
+and the request path is compiled (setup.py's mypyc modules).
 
 Builds a wheel from a copy of this checkout (so nothing is written into the
 work tree), installs it with its dependencies into a fresh venv, and asks that
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
     ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", "results", "twistd.pid", "*.log",
+    "*.so",  # a developer's in-place build: the wheel must compile its own
 )
 
 
@@ -56,7 +58,10 @@ def test_wheel_installs_a_twistd_plugin_and_nothing_of_twisted(tmp_path: Path) -
     assert not [n for n in names if n.endswith("dropin.cache")], "a stale plugin cache must not ship"
     assert "passenger/__init__.py" in names and "passenger/pool/group.py" in names
     assert "passenger/admin/dashboard.html" in names, "the dashboard page is package data"
-    strays = [n for n in names if not re.match(r"(passenger/|twisted/plugins/passenger_plugin\.py$|[^/]+\.dist-info/)", n)]
+    compiled = [n for n in names if n.startswith("passenger/http/front.") and n.endswith(".so")]
+    assert compiled, "the request path is compiled into the wheel"
+    strays = [n for n in names if not re.match(
+        r"(passenger/|twisted/plugins/passenger_plugin\.py$|[^/]+\.dist-info/|passenger__mypyc\.[^/]+\.so$)", n)]
     assert strays == [], f"unexpected files in the wheel: {strays}"
 
     mark = time.monotonic()
@@ -69,6 +74,8 @@ def test_wheel_installs_a_twistd_plugin_and_nothing_of_twisted(tmp_path: Path) -
     mark = time.monotonic()
     where = run([str(python), "-c", "import passenger; print(passenger.__file__)"], cwd=tmp_path).stdout.strip()
     assert where.startswith(str(venv)), f"passenger imported from {where}, not the fresh venv"
+    front = run([str(python), "-c", "import passenger.http.front as m; print(m.__file__)"], cwd=tmp_path).stdout
+    assert front.strip().endswith(".so"), f"the installed front end is not the compiled one: {front}"
 
     help_text = run([str(venv / "bin" / "twistd"), "--help"], cwd=tmp_path).stdout
     assert re.search(r"^\s+passenger\s+Run any web app", help_text, re.MULTILINE), help_text

@@ -1,0 +1,58 @@
+"""The request path runs compiled (setup.py's mypyc modules), and a stale build is refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import passenger
+from passenger import EXT_SUFFIX, stale_compiled_module
+
+ROOT = Path(passenger.__file__).resolve().parent
+
+
+@pytest.mark.skipif(bool(os.environ.get("PASSENGER_PURE_PYTHON")), reason="PASSENGER_PURE_PYTHON runs the sources")
+def test_the_request_path_runs_compiled() -> None:
+    import passenger.http.front
+    import passenger.http.upstream
+
+    for module in (passenger.http.front, passenger.http.upstream):
+        assert module.__file__ is not None and module.__file__.endswith(EXT_SUFFIX), (
+            f"{module.__name__} runs from {module.__file__}: `make build` compiles it "
+            "(or set PASSENGER_PURE_PYTHON=1 to test the sources)")
+
+
+def checkout(tmp_path: Path) -> Path:
+    (tmp_path / ".git").mkdir()
+    root = tmp_path / "passenger"
+    for package in ("http", "pool"):
+        (root / package).mkdir(parents=True)
+    return root
+
+
+def test_a_source_newer_than_its_compiled_module_is_named(tmp_path: Path) -> None:
+    root = checkout(tmp_path)
+    source = root / "http" / "front.py"
+    compiled = root / "http" / ("front" + EXT_SUFFIX)
+    source.write_text("")
+    compiled.write_bytes(b"")
+    os.utime(compiled, (1_000_000, 1_000_000))
+    os.utime(source, (2_000_000, 2_000_000))
+    message = stale_compiled_module(str(root))
+    assert message is not None and str(source) in message and "make build" in message
+
+
+def test_a_fresh_build_or_an_installed_package_passes(tmp_path: Path) -> None:
+    root = checkout(tmp_path)
+    source = root / "pool" / "stats.py"
+    compiled = root / "pool" / ("stats" + EXT_SUFFIX)
+    source.write_text("")
+    compiled.write_bytes(b"")
+    os.utime(source, (1_000_000, 1_000_000))
+    os.utime(compiled, (2_000_000, 2_000_000))
+    assert stale_compiled_module(str(root)) is None
+    os.utime(source, (3_000_000, 3_000_000))
+    (tmp_path / ".git").rmdir()  # no checkout: sources and modules came in one package
+    assert stale_compiled_module(str(root)) is None
