@@ -1179,10 +1179,15 @@ def versions(b: Bench) -> dict[str, str]:
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"? ({e})"
         return (p.stdout.strip().splitlines() or ["?"])[0]
+    python = b.args.twistd.parent / "python"
+    where = first_line([str(python if python.exists() else sys.executable), "-c",
+                        "import passenger.http.front as m; print(m.__file__)"])
+    build = ("the request path compiled by mypyc" if where.endswith(".so")
+             else "the request path as plain Python" if where.endswith(".py") else f"? ({where})")
     return {"passenger": first_line([b.tools["passenger"], "--version"]),
             "nginx": first_line([b.tools["nginx"], "-v"]),
             "wrk": first_line([b.tools["wrk"], "-v"]),
-            "server_python": f"{platform.python_implementation()} {platform.python_version()}"}
+            "server_python": f"{platform.python_implementation()} {platform.python_version()}, {build}"}
 
 
 # --------------------------------------------------------------------------- main

@@ -14,8 +14,12 @@ EXT_SUFFIX: str = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 def stale_compiled_module(root: str) -> str | None:
     """In a checkout (``root``/../.git), a module compiled by mypyc (setup.py) is imported instead
     of its source, so a source changed since would not run: the message saying so, or None."""
-    if not os.path.isdir(os.path.join(root, os.pardir, ".git")):
+    checkout = os.path.join(root, os.pardir)
+    if not os.path.isdir(os.path.join(checkout, ".git")):
         return None  # installed: the compiled modules and their sources came together
+    # The code is in one library for all of them; each module's own file only loads it.
+    library = os.path.join(checkout, "passenger__mypyc" + EXT_SUFFIX)
+    built = os.path.getmtime(library) if os.path.exists(library) else 0.0
     for package in ("http", "pool"):
         directory = os.path.join(root, package)
         for name in sorted(os.listdir(directory)):
@@ -23,7 +27,7 @@ def stale_compiled_module(root: str) -> str | None:
                 continue
             compiled = os.path.join(directory, name)
             source = compiled[: -len(EXT_SUFFIX)] + ".py"
-            if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(compiled):
+            if os.path.exists(source) and os.path.getmtime(source) > max(built, os.path.getmtime(compiled)):
                 return (f"{source} changed after it was compiled, and {name} would run instead of it. "
                         "Rebuild with `make build`, or run the sources: `make pure` removes the compiled modules")
     return None

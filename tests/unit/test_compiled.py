@@ -53,6 +53,12 @@ def test_a_fresh_build_or_an_installed_package_passes(tmp_path: Path) -> None:
     os.utime(source, (1_000_000, 1_000_000))
     os.utime(compiled, (2_000_000, 2_000_000))
     assert stale_compiled_module(str(root)) is None
+    library = tmp_path / ("passenger__mypyc" + EXT_SUFFIX)  # the code of every compiled module
     os.utime(source, (3_000_000, 3_000_000))
+    library.write_bytes(b"")
+    os.utime(library, (4_000_000, 4_000_000))
+    assert stale_compiled_module(str(root)) is None, "the library was rebuilt after the edit"
+    os.utime(source, (5_000_000, 5_000_000))
+    assert stale_compiled_module(str(root)) is not None
     (tmp_path / ".git").rmdir()  # no checkout: sources and modules came in one package
     assert stale_compiled_module(str(root)) is None
