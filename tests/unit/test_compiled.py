@@ -32,26 +32,27 @@ def checkout(tmp_path: Path) -> Path:
     return root
 
 
-def test_a_source_newer_than_its_compiled_module_is_named(tmp_path: Path) -> None:
-    root = checkout(tmp_path)
-    source = root / "http" / "front.py"
-    compiled = root / "http" / ("front" + EXT_SUFFIX)
+def module(root: Path, name: str, source_time: int, compiled_time: int) -> Path:
+    """``name``.py and its compiled module under ``root``, with these modification times; the source."""
+    source = root / (name + ".py")
+    compiled = root / (name + EXT_SUFFIX)
     source.write_text("")
     compiled.write_bytes(b"")
-    os.utime(compiled, (1_000_000, 1_000_000))
-    os.utime(source, (2_000_000, 2_000_000))
+    os.utime(compiled, (compiled_time, compiled_time))
+    os.utime(source, (source_time, source_time))
+    return source
+
+
+def test_a_source_newer_than_its_compiled_module_is_named(tmp_path: Path) -> None:
+    root = checkout(tmp_path)
+    source = module(root / "http", "front", source_time=2_000_000, compiled_time=1_000_000)
     message = stale_compiled_module(str(root))
     assert message is not None and str(source) in message and "make build" in message
 
 
 def test_a_fresh_build_or_an_installed_package_passes(tmp_path: Path) -> None:
     root = checkout(tmp_path)
-    source = root / "pool" / "stats.py"
-    compiled = root / "pool" / ("stats" + EXT_SUFFIX)
-    source.write_text("")
-    compiled.write_bytes(b"")
-    os.utime(source, (1_000_000, 1_000_000))
-    os.utime(compiled, (2_000_000, 2_000_000))
+    source = module(root / "pool", "stats", source_time=1_000_000, compiled_time=2_000_000)
     assert stale_compiled_module(str(root)) is None
     library = tmp_path / ("passenger__mypyc" + EXT_SUFFIX)  # the code of every compiled module
     os.utime(source, (3_000_000, 3_000_000))
