@@ -100,28 +100,23 @@ class EagerWrites:
                 self._send(pieces)
 
     def write(self, data: bytes) -> None:
-        corked = self._corked
-        if corked is None:
-            if self._queueing() or not isinstance(data, bytes):
-                super().write(data)  # type: ignore[misc]
-                return
-            corked = self._cork()
-            if corked is None:
-                self._send_one(data)
-                return
-        elif not isinstance(data, bytes):
-            super().write(data)  # raises Twisted's TypeError
-        corked.append(data)
-        self._corked_size += len(data)
-        if self._corked_size > self.bufferSize:
-            self.uncork()
+        if not isinstance(data, bytes):
+            super().write(data)  # Twisted's TypeError, at the caller
+            return
+        self._take((data,), len(data))
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         pieces = iovec if isinstance(iovec, (list, tuple)) else list(iovec)
+        size = 0
         for piece in pieces:
             if not isinstance(piece, bytes):  # Twisted's TypeError, at the caller
                 super().writeSequence(pieces)  # type: ignore[misc]
                 return
+            size += len(piece)
+        self._take(pieces, size)
+
+    def _take(self, pieces: Sequence[bytes], size: int) -> None:
+        """Bytes to write: held in a pass, queued behind what Twisted holds, else sent now."""
         corked = self._corked
         if corked is None:
             if self._queueing():
@@ -132,7 +127,7 @@ class EagerWrites:
                 self._send(pieces)
                 return
         corked += pieces
-        self._corked_size += sum(map(len, pieces))
+        self._corked_size += size
         if self._corked_size > self.bufferSize:
             self.uncork()
 
