@@ -45,6 +45,10 @@ class AdminServer:
         config = self.service.config
         self._site = admin_site(self.service, Passwords("", ""))
         self.listeners = [strports.service(d, self._site, reactor=self.service.reactor) for d in config.admin_listen]
+        if config.admin_listen:
+            # Prometheus scrapes over TCP: load prometheus-client now (about 3 MB), not at the first scrape,
+            # whose import would stop the reactor, and every request with it, for 20-50 ms.
+            import passenger.admin.metrics  # noqa: F401
 
     def start(self) -> None:
         service, config = self.service, self.service.config

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -248,3 +250,14 @@ def test_queue_length_and_queue_full(serve: Serve) -> None:
     waited_long = delta(before, after, bucket(QUEUE_TIME, "+Inf")) - delta(before, after, bucket(QUEUE_TIME, "0.25"))
     assert waited_long == 1
     assert delta(before, after, requests(200)) == 2
+
+
+@pytest.mark.parametrize(("admin_listen", "loaded"), [([], False), (["tcp:0:interface=127.0.0.1"], True)])
+def test_prometheus_client_is_loaded_at_start_only_with_admin_listen(admin_listen: list[str], loaded: bool) -> None:
+    """With --admin-listen, something will scrape: its first scrape must not stop the reactor for an import."""
+    code = ("import sys; from passenger.embed import PassengerService, load_config; "
+            "service = PassengerService(load_config(app_root=sys.argv[1], app_start_command='x', listen=[], "
+            "admin_listen=sys.argv[2:])); service._build(); print('prometheus_client' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(APPS), *admin_listen], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout) == (0, f"{loaded}\n"), result
