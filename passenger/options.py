@@ -635,7 +635,9 @@ SETTINGS: tuple[Setting, ...] = (
             "time): a file, or - for standard output. [default: no access log]", scope=_SERVER,
             passenger="`access_log` (nginx)", metavar="FILE", shown_default="none",
             details="One line per request (combined format, then `rid=` request id and `upstream=` seconds) to a "
-            "file, or `-` for standard output. Buffered, flushed every second; reopened on SIGUSR1."),
+            "file, or `-` for standard output. Held in memory and written every second or every 64 KiB, whichever "
+            "comes first; if a write fails (a full disk), those lines are lost and one warning is logged until "
+            "writes work again; reopened on SIGUSR1."),
     Setting("instance_registry_dir", writable_directory, None, "Where the server makes its private instance "
             "directory (properties, admin passwords, the admin socket) that passenger-status and passenger-config "
             "find. [default: $TMPDIR or /tmp]", scope=_SERVER,
