@@ -108,6 +108,8 @@ LATENCY_SLACK_MS = 1.0  # median over the pairs of (ours p99 - the app's own p99
 FEATURES_MIN_SHARE = 0.90  # median over the pairs of ours+features req/s / plain ours req/s >= this
 
 LATENCY_SHARE = 0.5  # the latency scenario runs at 50% of ours' max hello rate
+BUSY_POLL_US = 500  # the latency scenario also runs ours with --busy-poll this many us (--busy-poll)
+BUSY = "ours+busypoll"  # that side's name
 LATENCY_CONNECTIONS = 50
 RATE_TOLERANCE = 0.10  # the achieved rate must be within 10% of the one asked for
 OTHER_CPU_WARN_PCT = 10.0  # warn when processes outside the run used more than this % of a core
@@ -343,12 +345,15 @@ class Bench:
                 self.sessions.remove(s)
 
     @contextmanager
-    def running(self, contender: str, scenario: str, extra: list[str] | None = None) -> Iterator[Server]:
-        """Start a contender fresh, check its apps, yield it, and stop it whatever happens."""
-        rundir = self.rundir(scenario, contender)
+    def running(self, contender: str, scenario: str, extra: list[str] | None = None,
+                label: str | None = None) -> Iterator[Server]:
+        """Start a contender fresh, check its apps, yield it, and stop it whatever happens.
+
+        label: the name ours' command line is listed under (default ours, or ours+features with extra)."""
+        rundir = self.rundir(scenario, label or contender)
         t0 = time.monotonic()
         if contender == "ours":
-            server = start_ours(self, rundir, extra or [])
+            server = start_ours(self, rundir, extra or [], label or ("ours+features" if extra else "ours"))
         elif contender == "passenger":
             server = start_passenger(self, rundir)
         elif contender == "nginx":
@@ -423,14 +428,14 @@ def start_app_pair(b: Bench, rundir: Path, label: str) -> tuple[list[Session], l
     return sessions, ports
 
 
-def start_ours(b: Bench, rundir: Path, extra: list[str]) -> Server:
+def start_ours(b: Bench, rundir: Path, extra: list[str], label: str) -> Server:
     """twistd -n passenger with 2 app processes; ready when the log shows both ready."""
     port = free_port()
     registry = rundir / "registry"  # its instance directory (admin password, API socket) goes here
     registry.mkdir()
     argv = twistd_argv(b.args.twistd, rundir, b.app.parent, b.app_command, port, INSTANCES,
                        ["--instance-registry-dir", str(registry), *extra, *shlex.split(b.args.ours_args)])
-    b.commands.setdefault("ours" if not extra else "ours+features", shlex.join(argv))
+    b.commands.setdefault(label, shlex.join(argv))
     b.verbose("ours: " + shlex.join(argv))
     server, watcher = start_twistd(argv, rundir, port, INSTANCES, b.args.startup_timeout, b.sessions)
     return Server("ours", port, [server],
@@ -849,37 +854,47 @@ def scenario_latency(b: Bench) -> None:
     if rate <= 0:
         raise RuntimeError("ours' hello rate is 0; cannot pick a rate for the latency scenario")
     with_ours = "ours" in b.contenders
+    busy_poll = b.args.busy_poll if with_ours else 0
+    names = ["ours", BUSY] if busy_poll else ["ours"]
     print(f"  fixed rate {rate:.0f} req/s ({100 * LATENCY_SHARE:.0f}% of ours' hello rate), "
           f"{LATENCY_CONNECTIONS} connections, paced by wrk delay()", flush=True)
-    print(f"  {'app (two hello.py, talked to directly) and ours alternate' if with_ours else 'app'}: {PAIRS} "
-          f"{'pairs' if with_ours else 'runs'} of {pair_seconds(b.args.duration)}s, app first, after a "
-          f"{b.args.warmup:g}s warm-up of each; {'both stay' if with_ours else 'it stays'} up throughout",
-          flush=True)
+    if with_ours:
+        print(f"  app (two hello.py, talked to directly), {' and '.join(names)} alternate: {PAIRS} rounds of "
+              f"{pair_seconds(b.args.duration)}s runs, app first, after a {b.args.warmup:g}s warm-up of each; "
+              f"all stay up throughout" + (f"; {BUSY} is ours with --busy-poll {busy_poll}" if busy_poll else ""),
+              flush=True)
+    else:
+        print(f"  app: {PAIRS} runs of {pair_seconds(b.args.duration)}s after a {b.args.warmup:g}s warm-up",
+              flush=True)
 
     def diff(pair: list[Result]) -> str:
-        app, ours = pair
-        if app.wrk.p99_ms is None or ours.wrk.p99_ms is None:
-            return "ours p99 - app p99: -"
-        return f"ours p99 - app p99: {ours.wrk.p99_ms - app.wrk.p99_ms:+.2f}ms"
+        app = pair[0]
+        return "; ".join(f"{name} p99 - app p99: "
+                         + ("-" if app.wrk.p99_ms is None or r.wrk.p99_ms is None
+                            else f"{r.wrk.p99_ms - app.wrk.p99_ms:+.2f}ms")
+                         for name, r in zip(names, pair[1:], strict=False))
 
     with ExitStack() as stack:
         apps = stack.enter_context(direct_apps(b))
         sides: list[Callable[[float], Result]] = [lambda sec: measure_direct(b, apps, rate, sec)]
-        ours: Server | None = None
+        servers: list[Server] = []
         if with_ours:
-            ours = stack.enter_context(b.running("ours", "latency"))
+            servers.append(stack.enter_context(b.running("ours", "latency")))
+        if busy_poll:
+            servers.append(stack.enter_context(b.running("ours", "latency", ["--busy-poll", str(busy_poll)],
+                                                         label=BUSY)))
         if b.args.warmup > 0:
             direct_wrk(b, apps, rate, b.args.warmup)
-        if ours is not None:
-            server = ours
+        for name, server in zip(names, servers, strict=False):
             warm_up(b, server, "/", LATENCY_CONNECTIONS, rate=rate)
-            sides.append(lambda sec: measure(b, server, "latency", "/", LATENCY_CONNECTIONS, rate=rate,
-                                             seconds=sec, warm=False))
+            sides.append(lambda sec, server=server, name=name: measure(  # type: ignore[misc]
+                b, server, "latency", "/", LATENCY_CONNECTIONS, rate=rate, seconds=sec, warm=False,
+                contender=name))
         runs = run_pairs(b, sides, diff)
     rows = [combine(side) for side in runs]
-    if len(rows) > 1:
-        diffs = latency_diffs(rows[0], rows[1])
-        print(f"  median ours p99 - app p99: {fmt(_median(diffs), '+.2f', 'ms')} over {len(diffs)} pairs "
+    for name, row in zip(names, rows[1:], strict=False):
+        diffs = latency_diffs(rows[0], row)
+        print(f"  median {name} p99 - app p99: {fmt(_median(diffs), '+.2f', 'ms')} over {len(diffs)} pairs "
               f"(limit +{LATENCY_SLACK_MS:g}ms)", flush=True)
     print(f"  sums over the {PAIRS} runs of each (p50 and p99: the median of the runs'):", flush=True)
     for r in rows:
@@ -1076,20 +1091,25 @@ def checks(b: Bench) -> list[Check]:
     if "1mb" in ran:
         throughput("1mb", "MiB/s", lambda r: r.wrk.mib_per_s, MB_MIN_RATIO, MB_MAX_CPU_US)
     if "latency" in ran:
-        ours, app = b.find("latency", "ours"), b.find("latency", "app")
-        what = f"ours p99 <= app p99 + {LATENCY_SLACK_MS:g} ms (median of {PAIRS} interleaved pairs)"
-        diffs = latency_diffs(app, ours)
-        if ours and app and diffs:
-            med = statistics.median(diffs)
-            off = [f"{x.contender} pair {i + 1} {100 * (x.rate_off or 0):+.0f}%" for r in (app, ours)
-                   for i, x in enumerate(r.runs) if x.rate_off is not None and abs(x.rate_off) > RATE_TOLERANCE]
-            out.append(Check("latency", what, med <= LATENCY_SLACK_MS,
-                             f"median ours - app {med:+.2f}ms over {len(diffs)} pairs "
-                             f"({', '.join(f'{d:+.2f}' for d in diffs)} ms; limit +{LATENCY_SLACK_MS:g}ms) "
-                             f"at {ours.target_rps or 0:.0f} req/s"
-                             + (f"; RATE OFF: {', '.join(off)}" if off else "")))
-        else:
-            out.append(Check("latency", what, None, "needs ours and the app"))
+        app = b.find("latency", "app")
+        for name in ("ours", BUSY):
+            ours = b.find("latency", name)
+            if name == BUSY and ours is None:
+                continue  # --busy-poll 0
+            shown = "ours" if name == "ours" else f"ours --busy-poll {b.args.busy_poll}"
+            what = f"{shown} p99 <= app p99 + {LATENCY_SLACK_MS:g} ms (median of {PAIRS} interleaved pairs)"
+            diffs = latency_diffs(app, ours)
+            if ours and app and diffs:
+                med = statistics.median(diffs)
+                off = [f"{x.contender} pair {i + 1} {100 * (x.rate_off or 0):+.0f}%" for r in (app, ours)
+                       for i, x in enumerate(r.runs) if x.rate_off is not None and abs(x.rate_off) > RATE_TOLERANCE]
+                out.append(Check("latency", what, med <= LATENCY_SLACK_MS,
+                                 f"median {name} - app {med:+.2f}ms over {len(diffs)} pairs "
+                                 f"({', '.join(f'{d:+.2f}' for d in diffs)} ms; limit +{LATENCY_SLACK_MS:g}ms) "
+                                 f"at {ours.target_rps or 0:.0f} req/s"
+                                 + (f"; RATE OFF: {', '.join(off)}" if off else "")))
+            else:
+                out.append(Check("latency", what, None, "needs ours and the app"))
     feat = b.find("features", "ours+features")
     if feat is not None:
         plain = b.find("features", "ours")
@@ -1201,6 +1221,9 @@ def parse_args() -> argparse.Namespace:
                          ", ".join(s.name for s in SCENARIOS if s.default) + ")")
     ap.add_argument("--only", action="append", choices=CONTENDERS,
                     help="run only this contender (repeatable; default: all three)")
+    ap.add_argument("--busy-poll", type=int, default=BUSY_POLL_US, metavar="USEC",
+                    help=f"the latency scenario also measures ours with --busy-poll USEC ({BUSY}), interleaved "
+                         f"with the others (default {BUSY_POLL_US}; 0: ours with its defaults only)")
     ap.add_argument("--ours-args", default="", metavar="ARGS",
                     help="extra options appended to ours' command line (one shell-quoted string)")
     ap.add_argument("-v", "--verbose", action="count", default=0,
@@ -1209,6 +1232,8 @@ def parse_args() -> argparse.Namespace:
                     help="seconds a contender may take to be ready with its 2 app processes (default 60)")
     args = ap.parse_args()
     check_wrk_options(ap, args)
+    if not 0 <= args.busy_poll <= 100_000:
+        ap.error(f"--busy-poll {args.busy_poll}: must be from 0 to 100000 microseconds")
     try:
         shlex.split(args.ours_args)
     except ValueError as e:

@@ -127,6 +127,8 @@ class ServerConfig:
     response_buffer_high_watermark: int = 128 * 1024**2
     #: Seconds a client may go without reading any of its response.
     send_timeout: float = 60.0
+    #: Microseconds to poll without sleeping after handling events (0: off; PassengerEPollReactor only).
+    busy_poll: int = 0
     #: Where the instance directory is made (None: the temp directory).
     instance_registry_dir: str | None = None
     #: Extra endpoints for the admin API (basic auth).

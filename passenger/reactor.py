@@ -13,6 +13,14 @@ It also runs the events of one poll as a pass: the eager transports
 (``passenger.http.eager``) hold what is written during it and send it when it
 ends, so that each peer is woken once for a burst rather than once a request.
 
+With ``busy_poll`` set (the ``busy_poll`` setting), a poll that follows a
+pass with events first polls without sleeping, for at most that long.  On a
+virtual machine, waking a sleeping server costs the peer that wakes it (an
+app process, a client) and the server itself tens of microseconds at every
+burst; polling through the gaps of a busy period avoids that, as HAProxy's
+``busy-polling`` does, at the price of the CPU the polling burns.  An idle server sleeps at once: the spin
+only follows activity, and never runs past the next timer.
+
 ``twistd passenger`` installs it when no reactor was chosen (``--reactor``
 picks any other; ``--reactor passenger-epoll`` names this one).  Embedding
 applications and ``twist`` keep the reactor they installed.
@@ -21,6 +29,8 @@ applications and ``twist`` keep the reactor they installed.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
@@ -37,12 +47,23 @@ class PassengerEPollReactor(EPollReactor):
         self.dispatching = False
         #: The transports holding writes of this pass (``EagerWrites.uncork``).
         self.corked: list[Any] = []
+        #: Seconds to keep polling without sleeping after a pass with events (0: sleep at once).
+        self.busy_poll = 0.0
+        #: The last poll returned events, so the next may spin.
+        self._active = False
+        #: What the spin reads the time from (monotonic seconds).
+        self.spin_clock: Callable[[], float] = time.monotonic
 
     def doPoll(self, timeout: float | None) -> None:
+        maxevents = len(self._selectables)
         try:
-            events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
+            if self._active and self.busy_poll and timeout != 0:
+                events = self._spin(timeout, maxevents)
+            else:
+                events = self._poller.poll(-1 if timeout is None else timeout, maxevents)
         except InterruptedError:
             return
+        self._active = bool(events)
         selectables = self._selectables
         dispatch = self._doReadOrWrite
         self.dispatching = True
@@ -54,6 +75,21 @@ class PassengerEPollReactor(EPollReactor):
         finally:
             self.dispatching = False
             self.send_corked()
+
+    def _spin(self, timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
+        """Poll without sleeping for up to ``busy_poll`` seconds (never past ``timeout``), then sleep for
+        the rest of ``timeout``."""
+        poll, clock = self._poller.poll, self.spin_clock
+        start = clock()
+        spin = self.busy_poll if timeout is None else min(self.busy_poll, timeout)
+        while True:
+            events = poll(0, maxevents)
+            if events:
+                return events
+            waited = clock() - start
+            if waited >= spin:
+                break
+        return poll(-1 if timeout is None else max(timeout - waited, 0.0), maxevents)
 
     def send_corked(self) -> None:
         """Send what the transports held during the pass (sending cannot hold more: no pass runs)."""

@@ -128,12 +128,23 @@ class PassengerService(Service):
         self.log.info("passenger {version} serving {apps} on {listen}",
                       version=__version__, apps=apps, listen=", ".join(self.config.listen))
         self.admin.start()
+        self._set_busy_poll()
         self.pool.start()
         for group in self.pool.groups.values():
             self._watch(group)
         if self._handle_signals:  # the server owns the process (twistd/twist), not an embedding application
             self._install_signal_handlers()
             self._raise_open_files_limit()
+
+    def _set_busy_poll(self) -> None:
+        """Hand ``busy_poll`` to the reactor, which only PassengerEPollReactor understands."""
+        wanted = self.config.busy_poll
+        if hasattr(self.reactor, "busy_poll"):
+            self.reactor.busy_poll = wanted / 1e6
+        elif wanted:
+            self.log.warn("busy_poll ({usec} us) is ignored: it needs passenger's epoll reactor, not {reactor} "
+                          "(twistd passenger installs it; twist --reactor=passenger-epoll)",
+                          usec=wanted, reactor=type(self.reactor).__name__)
 
     def _raise_open_files_limit(self) -> None:
         """Take the hard limit of open files, as nginx's ``worker_rlimit_nofile``: every client connection,
@@ -183,6 +194,7 @@ class PassengerService(Service):
             self.log.error("Reload refused, the running configuration stays: {error}", error=e)
             return
         pool = self.pool
+        old_busy_poll = self.config.busy_poll
         old_apps = {app.name: app for app in self.config.apps}
         new_apps = {app.name: app for app in new.apps}
         pool.max_pool_size, pool.drain_timeout = new.max_pool_size, new.drain_timeout
@@ -207,6 +219,8 @@ class PassengerService(Service):
         self.config = attrs.evolve(new, listen=self.config.listen, admin_listen=self.config.admin_listen,
                                    instance_registry_dir=self.config.instance_registry_dir)
         self.admin.reconfigure()
+        if new.busy_poll != old_busy_poll:
+            self._set_busy_poll()
         self.front.router = self._router()
         self.front.configure(self.config)
         pool.rebalance()

@@ -125,6 +125,9 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["--envvar", "=value"], ["--envvar"]),
     (["--listen", "bogus:1234"], ["--listen", "bogus:1234"]),
     (["--listen", "tcp:notaport"], ["--listen", "tcp:notaport"]),
+    (["--busy-poll", "-1"], ["--busy-poll", "-1", "from 0 to 100000 microseconds"]),
+    (["--busy-poll", "200000"], ["--busy-poll", "200000", "from 0 to 100000 microseconds"]),
+    (["--busy-poll", "0.5"], ["--busy-poll", "0.5", "whole number of microseconds"]),
 ]
 
 
