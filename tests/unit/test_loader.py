@@ -37,6 +37,7 @@ from passenger.options import (
     header_value,
     health_path,
     listen_list,
+    microseconds,
     page_file,
     parse_envvar,
     port,
@@ -981,7 +982,7 @@ def test_server_settings() -> None:
                                                 "socket_backlog", "access_log", "ssl", "ssl_certificate",
                                                 "ssl_certificate_key", "ssl_port", "data_buffer_dir",
                                                 "response_buffer_high_watermark", "send_timeout",
-                                                "instance_registry_dir", "admin_listen", "hooks"}
+                                                "instance_registry_dir", "admin_listen", "hooks", "busy_poll"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
@@ -1002,6 +1003,24 @@ def test_setting_names() -> None:
 
 
 # Converters.
+
+
+def test_microseconds() -> None:
+    assert microseconds(100)("--us", "0") == 0
+    assert microseconds(100)("--us", 100) == 100
+    for bad in ("2.5", "soon", True, None):
+        with pytest.raises(ConfigError, match=r"^--us .*: expected a whole number of microseconds$"):
+            microseconds(100)("--us", bad)
+    for out_of_range in (-1, 101):
+        with pytest.raises(ConfigError, match=rf"^--us {out_of_range}: must be from 0 to 100 microseconds$"):
+            microseconds(100)("--us", out_of_range)
+
+
+def test_busy_poll_reaches_the_server_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f'busy_poll = 500\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
+    assert build_config({}, path).busy_poll == 500
+    assert parse("--app-start-command", "true", "--busy-poll", "250")["config"].busy_poll == 250
+    assert parse("--app-start-command", "true")["config"].busy_poll == 0
 
 
 def test_whole() -> None:
