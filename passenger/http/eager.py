@@ -176,11 +176,30 @@ class EagerWrites:
         super().connectionLost(reason)  # type: ignore[misc]
 
 
+class SpliceSource:
+    """Mixed into app connections' transports: while ``splicing``, the readable socket is the protocol's
+    to move to a client in the kernel (``UpstreamConnection.splice_read``, ``passenger.http.splice``)
+    instead of Twisted's to read."""
+
+    #: Bodies can be spliced from this transport's socket.
+    splice_from = True
+    splicing = False
+    protocol: Any
+
+    def doRead(self) -> Any:
+        if self.splicing:
+            return self.protocol.splice_read()
+        return super().doRead()  # type: ignore[misc]
+
+
 class EagerTCPServer(EagerWrites, tcp.Server):
     """An accepted TCP connection that sends at once."""
 
+    #: Bodies can be spliced into this transport's socket (nothing wraps it, such as TLS).
+    splice_into = True
 
-class EagerTCPClient(EagerWrites, tcp.Client):
+
+class EagerTCPClient(SpliceSource, EagerWrites, tcp.Client):
     """A TCP connection to an app process that sends at once."""
 
 
@@ -193,7 +212,9 @@ if unix is not None:
     class EagerUNIXServer(EagerWrites, unix.Server):
         """An accepted Unix-socket connection that sends at once."""
 
-    class EagerUNIXClient(EagerWrites, unix.Client):
+        splice_into = True
+
+    class EagerUNIXClient(SpliceSource, EagerWrites, unix.Client):
         """A Unix-socket connection to an app process that sends at once."""
 
     class EagerUNIXConnector(unix.Connector):

@@ -9,11 +9,13 @@ re-chunked when the app's framing cannot be passed on as it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.interfaces import IConnector
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -21,6 +23,9 @@ from twisted.python.failure import Failure
 from passenger.http.connection import ConnectionProtocol
 from passenger.http.dates import date_line
 from passenger.http.headers import CHUNKED, CONNECTION, DATE, LENGTH, PASSED, RESPONSE_SPECIAL, connection_tokens
+from passenger.http.splice import AVAILABLE as SPLICE_AVAILABLE
+from passenger.http.splice import FLAGS as SPLICE_FLAGS
+from passenger.http.splice import PIPE_SIZE, SPLICE_MIN, give_back, read_all, take_pipe
 
 if TYPE_CHECKING:
     from passenger.http.front import FrontProtocol, Request
@@ -74,6 +79,10 @@ class UpstreamConnection(ConnectionProtocol):
         self.keep_alive = True
         #: Bytes of the body still to come, relayed without the parser (after the body's first read).
         self.body_left = 0
+        #: While the body is spliced (``passenger.http.splice``): the pipe (read end, write end) and the
+        #: client's socket.
+        self.pipe: tuple[int, int] | None = None
+        self.splice_target = -1
 
     # Connection events.
     def connectionMade(self) -> None:
@@ -91,6 +100,8 @@ class UpstreamConnection(ConnectionProtocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.closed = True
+        if self.pipe is not None:
+            self._stop_splice(empty=False)
         process = self.process
         process.connections.discard(self)
         try:
@@ -217,6 +228,8 @@ class UpstreamConnection(ConnectionProtocol):
             if self.head_done and self.mode == BODY_LENGTH and self.front is not None:
                 # The rest of this body passes through as read, without the parser (nor its copies).
                 self.body_left = self.body_expected - self.body_seen
+                if self.body_left >= SPLICE_MIN:
+                    self._start_splice()
         self.out = None
         if self.reset_parser:
             self.reset_parser = False
@@ -239,6 +252,90 @@ class UpstreamConnection(ConnectionProtocol):
             self._complete(reusable=self.keep_alive)
             if rest:
                 self.dataReceived(rest)
+        elif self.body_left >= SPLICE_MIN and self.pipe is None:
+            self._start_splice()
+
+    # Splicing: the rest of a large body goes from the app's socket to the client's in the kernel.
+    def _start_splice(self) -> None:
+        """Splice the rest of this body if both sockets allow it and the client keeps up."""
+        front = self.front
+        if not SPLICE_AVAILABLE or front is None:
+            return
+        client: Any = front.transport
+        upstream: Any = self.transport
+        if not getattr(client, "splice_into", False) or not getattr(upstream, "splice_from", False):
+            return  # TLS to the client, a unix-socket app under another reactor, a test's fake
+        relay = front.relay
+        if relay is not None and (relay.held or relay.client_paused):
+            return  # a slow client: its bytes are held, in order, by the relay
+        client.uncork()  # what this pass wrote to the client (the head) leaves first
+        if client._queueing():
+            return
+        pipe = take_pipe()
+        if pipe is None:
+            return
+        self.pipe = pipe
+        self.splice_target = client.fileno()
+        upstream.splicing = True
+
+    def splice_read(self) -> Any:
+        """The app's socket is readable while the body is spliced (its transport's ``doRead``).
+
+        Moves what it has through the pipe to the client.  If the client takes less, what the pipe
+        holds goes the usual way and the body leaves the splice path (the relay holds bytes for a slow
+        client).  Returns what ``doRead`` would: None, or why the connection is lost."""
+        pipe = self.pipe
+        transport = self.transport
+        front = self.front
+        if pipe is None or transport is None or front is None:
+            self._stop_splice(empty=True)
+            return None
+        source = transport.fileno()
+        while self.body_left:
+            try:
+                size = os.splice(source, pipe[1], min(self.body_left, PIPE_SIZE), flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                return None
+            except OSError:
+                self._stop_splice(empty=True)
+                return CONNECTION_LOST
+            if not size:  # the app closed inside the body: connectionLost says so to the front end
+                self._stop_splice(empty=True)
+                return CONNECTION_DONE
+            moved = self._splice_out(pipe[0], size)
+            self.body_left -= moved
+            front.sent += moved
+            if moved < size:
+                rest = read_all(pipe[0], size - moved)
+                self._stop_splice(empty=True)
+                self._relay_body(rest)
+                return None
+        self._stop_splice(empty=True)
+        self.parser = HttpResponseParser(self)
+        self._complete(reusable=self.keep_alive)
+        return None
+
+    def _splice_out(self, read_end: int, size: int) -> int:
+        """Move up to ``size`` bytes from the pipe to the client; how many it took."""
+        moved = 0
+        target = self.splice_target
+        while moved < size:
+            try:
+                done = os.splice(read_end, target, size - moved, flags=SPLICE_FLAGS)
+            except OSError:  # full (EAGAIN) or gone (EPIPE): the usual path meets it again
+                break
+            if not done:
+                break
+            moved += done
+        return moved
+
+    def _stop_splice(self, empty: bool) -> None:
+        pipe, self.pipe = self.pipe, None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.splicing = False
+        if pipe is not None:
+            give_back(pipe, empty)
 
     def _emit(self, *pieces: bytes) -> None:
         """Bytes for the client: kept until the read is parsed, or written now outside a read."""

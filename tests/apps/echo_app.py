@@ -9,6 +9,7 @@
   /close            body framed by closing the connection (no length, not chunked)
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /lines?n=K        K numbered 16-byte lines ("%015x\n"), in 64 KiB writes: order and loss show
+                    (&cut=C: the length says K lines, but the app closes after C of them)
   /exit             the process exits without answering
   /alloc?mb=N       the process allocates N MB more and keeps it (for memory limits)
 Anything else: "Hello from <pid>".
@@ -165,11 +166,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/lines":
             lines = int(query.get("n", "0"))
+            cut = min(int(query.get("cut", lines)), lines)
             self.send_response(200)
             self.send_header("Content-Length", str(16 * lines))
             self.end_headers()
-            for start in range(0, lines, 4096):
-                self.wfile.write(b"".join(b"%015x\n" % i for i in range(start, min(start + 4096, lines))))
+            for start in range(0, cut, 4096):
+                self.wfile.write(b"".join(b"%015x\n" % i for i in range(start, min(start + 4096, cut))))
+            if cut < lines:
+                self.close_connection = True
             return
         if path == "/alloc":
             _hoard.append(bytearray(int(query.get("mb", "0")) * 1024 * 1024))  # zero-filled: resident
