@@ -37,8 +37,11 @@ BODY_LENGTH = 1  # Content-Length passed on, body bytes as they are
 BODY_CHUNKED = 2  # the relay frames each piece as a chunk
 BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client, unknown length: close when done
 
-#: Bytes asked of the app's socket per read (Twisted's default is 64 KiB): fewer passes for large bodies.
-READ_SIZE = 256 * 1024
+#: Bytes asked of the app's socket per read: a response head and what follows it (a large body's rest is
+#: spliced, so a bigger first read only copies more of it through Python).
+READ_SIZE = 64 * 1024
+#: Per read while a large body passes through Python (chunked, or for a slow client): fewer passes.
+BODY_READ_SIZE = 256 * 1024
 
 _NO_BODY_STATUS = (204, 304)
 _CHUNK_END = b"0\r\n\r\n"
@@ -225,6 +228,8 @@ class UpstreamConnection(ConnectionProtocol):
             return
         else:
             self._flush()
+            if self.head_done and self.mode == BODY_CHUNKED:
+                self._body_reads()
             if self.head_done and self.mode == BODY_LENGTH and self.front is not None:
                 # The rest of this body passes through as read, without the parser (nor its copies).
                 self.body_left = self.body_expected - self.body_seen
@@ -242,6 +247,7 @@ class UpstreamConnection(ConnectionProtocol):
         if len(data) > left:  # more than the app announced: framed as the parser would see it
             data, rest = data[:left], data[left:]
         self.body_left = left - len(data)
+        self._body_reads()
         front = self.front
         if front is not None:
             front.sent += len(data)
@@ -254,6 +260,12 @@ class UpstreamConnection(ConnectionProtocol):
                 self.dataReceived(rest)
         elif self.body_left >= SPLICE_MIN and self.pipe is None:
             self._start_splice()
+
+    def _body_reads(self) -> None:
+        """The body goes on through Python: read it in bigger pieces until the response ends."""
+        transport: Any = self.transport
+        if transport is not None and transport.bufferSize != BODY_READ_SIZE:
+            transport.bufferSize = BODY_READ_SIZE
 
     # Splicing: the rest of a large body goes from the app's socket to the client's in the kernel.
     def _start_splice(self) -> None:
@@ -482,6 +494,9 @@ class UpstreamConnection(ConnectionProtocol):
         if self.mode == BODY_CHUNKED:
             self._emit(_CHUNK_END)
         self._flush()  # before the front end answers anything else on the connection
+        transport: Any = self.transport
+        if transport is not None and transport.bufferSize != READ_SIZE:
+            transport.bufferSize = READ_SIZE
         self.head_done = False
         self.until_close = False
         if reusable is None:
