@@ -38,6 +38,7 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
 
@@ -176,6 +177,30 @@ class EagerWrites:
         super().connectionLost(reason)  # type: ignore[misc]
 
 
+class DirectReads:
+    """Mixed into TCP transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call.
+
+    Twisted's passes the bytes through ``_dataReceived``, which checks what
+    ``dataReceived`` returned to warn about a protocol returning a value; ours
+    return None.  One Python call less per read, two per proxied request."""
+
+    socket: Any
+    bufferSize: int
+    protocol: Any
+
+    def doRead(self) -> Any:
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+
 class SpliceSource:
     """Mixed into app connections' transports: while ``splicing``, the readable socket is the protocol's
     to move to a client in the kernel (``UpstreamConnection.splice_read``, ``passenger.http.splice``)
@@ -192,14 +217,14 @@ class SpliceSource:
         return super().doRead()  # type: ignore[misc]
 
 
-class EagerTCPServer(EagerWrites, tcp.Server):
+class EagerTCPServer(DirectReads, EagerWrites, tcp.Server):
     """An accepted TCP connection that sends at once."""
 
     #: Bodies can be spliced into this transport's socket (nothing wraps it, such as TLS).
     splice_into = True
 
 
-class EagerTCPClient(SpliceSource, EagerWrites, tcp.Client):
+class EagerTCPClient(SpliceSource, DirectReads, EagerWrites, tcp.Client):
     """A TCP connection to an app process that sends at once."""
 
 
