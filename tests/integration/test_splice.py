@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
-from tests.integration.conftest import Server, echo_app_args
-from tests.integration.test_response_buffering import lines, read_responses
+from tests.integration.conftest import Server, echo_app_args, world_dir
+from tests.integration.test_response_buffering import lines, read_responses, spill_files
+from tests.polling import wait_for
 
 ONE_PROCESS = ("--min-instances", "1", "--max-pool-size", "1")
 LINES = 256 * 1024  # 4 MiB of numbered lines
@@ -46,7 +46,9 @@ def test_large_bodies_are_spliced_whole_in_order_on_one_connection(serve) -> Non
 
 
 def test_a_client_that_stops_reading_mid_body_gets_the_rest_in_order(serve) -> None:  # type: ignore[no-untyped-def]
-    server = serve(echo_app_args(*ONE_PROCESS))
+    buffers = world_dir("buffers", 0o700)
+    server = serve(echo_app_args(*ONE_PROCESS, "--data-buffer-dir", str(buffers)))
+    assert server.proc is not None
     before = pipes(server)
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -56,7 +58,8 @@ def test_a_client_that_stops_reading_mid_body_gets_the_rest_in_order(serve) -> N
             chunk = sock.recv(65536)
             assert chunk
             data += chunk
-        time.sleep(1)  # the measure of "stops reading": its buffers fill, the server must hold the rest
+        # Then nothing: its buffers fill, and the server holds the rest (memory, then a spill file).
+        wait_for(lambda: spill_files(server.proc.pid, buffers), 10, what="the rest held in data_buffer_dir")
         head, _, body = data.partition(b"\r\n\r\n")
         while len(body) < 16 * 4 * LINES:
             chunk = sock.recv(1 << 20)
