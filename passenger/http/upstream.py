@@ -254,12 +254,16 @@ class UpstreamConnection(ConnectionProtocol):
             if front.transport is not None:
                 front.write_response((data,))
         if not self.body_left:
-            self.parser = HttpResponseParser(self)  # the old one stopped inside this body
-            self._complete(reusable=self.keep_alive)
+            self._length_body_done()
             if rest:
                 self.dataReceived(rest)
         elif self.body_left >= SPLICE_MIN and self.pipe is None:
             self._start_splice()
+
+    def _length_body_done(self) -> None:
+        """A body framed by Content-Length has all passed (the parser, which stopped inside it, starts anew)."""
+        self.parser = HttpResponseParser(self)
+        self._complete(reusable=self.keep_alive)
 
     def _body_reads(self) -> None:
         """The body goes on through Python: read it in bigger pieces until the response ends."""
@@ -319,12 +323,11 @@ class UpstreamConnection(ConnectionProtocol):
             front.sent += moved
             if moved < size:
                 rest = read_all(pipe[0], size - moved)
-                self._stop_splice(empty=True)
+                self._stop_splice(empty=len(rest) == size - moved)
                 self._relay_body(rest)
                 return None
         self._stop_splice(empty=True)
-        self.parser = HttpResponseParser(self)
-        self._complete(reusable=self.keep_alive)
+        self._length_body_done()
         return None
 
     def _splice_out(self, read_end: int, size: int) -> int:
