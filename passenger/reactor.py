@@ -18,8 +18,9 @@ pass with events first polls without sleeping, for at most that long.  On a
 virtual machine, waking a sleeping server costs the peer that wakes it (an
 app process, a client) and the server itself tens of microseconds at every
 burst; polling through the gaps of a busy period avoids that, as HAProxy's
-``busy-polling`` does, at the price of the CPU the polling burns.  An idle server sleeps at once: the spin
-only follows activity, and never runs past the next timer.
+``busy-polling`` does, at the price of the CPU the polling burns.  An idle
+server sleeps at once: the spin only follows activity, and never runs past
+the next timer.
 
 ``twistd passenger`` installs it when no reactor was chosen (``--reactor``
 picks any other; ``--reactor passenger-epoll`` names this one).  Embedding

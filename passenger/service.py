@@ -194,7 +194,6 @@ class PassengerService(Service):
             self.log.error("Reload refused, the running configuration stays: {error}", error=e)
             return
         pool = self.pool
-        old_busy_poll = self.config.busy_poll
         old_apps = {app.name: app for app in self.config.apps}
         new_apps = {app.name: app for app in new.apps}
         pool.max_pool_size, pool.drain_timeout = new.max_pool_size, new.drain_timeout
@@ -219,8 +218,7 @@ class PassengerService(Service):
         self.config = attrs.evolve(new, listen=self.config.listen, admin_listen=self.config.admin_listen,
                                    instance_registry_dir=self.config.instance_registry_dir)
         self.admin.reconfigure()
-        if new.busy_poll != old_busy_poll:
-            self._set_busy_poll()
+        self._set_busy_poll()
         self.front.router = self._router()
         self.front.configure(self.config)
         pool.rebalance()
