@@ -1,4 +1,4 @@
-"""--busy-poll on a real server: requests are served, and an idle server goes back to sleep."""
+"""--busy-poll on a real server: it polls through the gaps of a steady load, and an idle server sleeps."""
 
 from __future__ import annotations
 
@@ -17,18 +17,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_a_busy_polling_server_serves_then_sleeps_when_idle(serve: Callable[..., Server]) -> None:
-    server = serve(echo_app_args("--busy-poll", "20000"))  # 20 ms after each burst: a spin that never ended would show
+def test_a_busy_polling_server_spins_between_requests_then_sleeps_when_idle(serve: Callable[..., Server]) -> None:
+    server = serve(echo_app_args("--busy-poll", "20000"))  # 20 ms after each pass: more than the gaps below
+    assert server.proc is not None
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        for n in range(200):
+        started, before = time.monotonic(), cpu_seconds(server.proc.pid)
+        for n in range(100):  # a request every 10 ms: the server never gets to sleep
             connection.request("GET", f"/bytes?n={n}")
             response = connection.getresponse()
             assert response.status == 200
             assert response.read() == b"x" * n
+            time.sleep(0.01)  # the load's pace
+        busy, elapsed = cpu_seconds(server.proc.pid) - before, time.monotonic() - started
     finally:
         connection.close()
-    assert server.proc is not None
+    assert busy > 0.5 * elapsed, f"{busy:.2f} s of CPU in {elapsed:.2f} s: the server slept between requests"
     before = cpu_seconds(server.proc.pid)
     time.sleep(2)  # the measurement itself: what the server burns with nothing to do
     idle = cpu_seconds(server.proc.pid) - before
