@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A Kuria-protocol app: no $PORT; it serves HTTP on a Unix socket it reports in properties.json,
-records its own journey steps, and signals readiness by writing '1' to response/finish."""
+records its own journey steps, and signals readiness by writing '1' to response/finish.
+GET /lines?n=K answers K numbered 16-byte lines (a large body from a Unix socket); anything else, JSON."""
 import json
 import os
 import socketserver
@@ -27,6 +28,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path.startswith("/lines?n="):  # numbered 16-byte lines, as echo_app's /lines
+            count = int(self.path.split("=", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(16 * count))
+            self.end_headers()
+            for start in range(0, count, 4096):
+                self.wfile.write(b"".join(b"%015x\n" % i for i in range(start, min(start + 4096, count))))
+            return
         args = json.load(open(os.path.join(os.environ["KURIA_TEST_DIR"], "args.json")))
         body = json.dumps({"pid": os.getpid(), "port_env": os.environ.get("PORT"), "args": args}).encode()
         self.send_response(200)

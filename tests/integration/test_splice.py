@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
-from tests.integration.conftest import Server, echo_app_args, world_dir
+from tests.integration.conftest import APP_PYTHON, APPS, Server, echo_app_args, world_dir
 from tests.integration.test_response_buffering import lines, read_responses, spill_files
 from tests.polling import wait_for
 
@@ -94,3 +94,16 @@ def test_an_app_that_closes_inside_a_spliced_body_cuts_the_client_and_leaks_no_p
         sock.sendall(b"GET /lines?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % LINES)
         ((head, body),) = read_responses(sock, 1)
     assert body == lines(LINES), "the server goes on splicing"
+
+
+def test_a_large_body_from_an_app_on_a_unix_socket_is_spliced_whole(serve) -> None:  # type: ignore[no-untyped-def]
+    keep = world_dir("kuria")
+    server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_app.py",
+                    "--app-supports-kuria-protocol", "--envvar", f"KURIA_TEST_DIR={keep}", *ONE_PROCESS])
+    before = pipes(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"GET /lines?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % LINES)
+        ((head, body),) = read_responses(sock, 1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == lines(LINES)
+    assert pipes(server) > before, "the body took the splice path from the app's Unix socket"
