@@ -279,8 +279,9 @@ class UpstreamConnection(ConnectionProtocol):
             return
         client: Any = front.transport
         upstream: Any = self.transport
-        if not getattr(client, "splice_into", False) or not getattr(upstream, "splice_from", False):
-            return  # TLS to the client, a unix-socket app under another reactor, a test's fake
+        # Asked of the classes: a wrapper such as TLS (a ProtocolWrapper) answers for the socket beneath it.
+        if not getattr(type(client), "splice_into", False) or not getattr(type(upstream), "splice_from", False):
+            return  # TLS to the client, another reactor's transports, a test's fake
         relay = front.relay
         if relay is not None and (relay.held or relay.client_paused):
             return  # a slow client: its bytes are held, in order, by the relay

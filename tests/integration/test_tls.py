@@ -77,3 +77,13 @@ def test_ssl_port_serves_https_beside_http(serve, certificate) -> None:  # type:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as plain:
         plain.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         assert plain.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_large_body_over_tls_arrives_whole_and_encrypted(serve, certificate) -> None:  # type: ignore[no-untyped-def]
+    """Bodies past 64 KiB are spliced between plain sockets; a TLS client's must go through TLS instead."""
+    ca, cert, key = certificate
+    server = serve(echo_app_args("--ssl", "--ssl-certificate", str(cert), "--ssl-certificate-key", str(key)))
+    answer = https_get(ca, server.port, "/lines?n=65536")  # 1 MiB
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == b"".join(b"%015x\n" % i for i in range(65536))
