@@ -220,7 +220,8 @@ class SpliceSource:
 class EagerTCPServer(DirectReads, EagerWrites, tcp.Server):
     """An accepted TCP connection that sends at once."""
 
-    #: Bodies can be spliced into this transport's socket (nothing wraps it, such as TLS).
+    #: Bodies can be spliced into this socket.  Looked up on the class (``UpstreamConnection._start_splice``):
+    #: a TLS wrapper over this transport forwards attribute lookups to it, and must not splice.
     splice_into = True
 
 
