@@ -16,6 +16,7 @@ COMPILED = [
     "passenger/http/access_log.py",
     "passenger/http/connection.py",
     "passenger/http/dates.py",
+    "passenger/http/fastpath.py",
     "passenger/http/front.py",
     "passenger/http/headers.py",
     "passenger/http/response_buffer.py",

@@ -7,9 +7,10 @@ is two events per request and about a seventh of the server's Python time
 (cProfile of ``bench/compare_bench.py``'s hello run).  Passenger's code logs
 with ``twisted.logger`` under its own namespaces, so the context buys nothing;
 an exception from ``doRead``/``doWrite`` is still caught, logged and turned
-into a lost connection by ``_doReadOrWrite``, as in every Twisted reactor.
+into a lost connection, as ``_doReadOrWrite`` does in every Twisted reactor.
 
-It also runs the events of one poll as a pass: the eager transports
+It also runs the events of one poll as a pass (``passenger.http.fastpath``,
+compiled, which reads the eager transports itself): the eager transports
 (``passenger.http.eager``) hold what is written during it and send it when it
 ends, so that each peer is woken once for a burst rather than once a request.
 
@@ -37,16 +38,18 @@ from typing import Any
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
 
+from passenger.http.fastpath import run_pass
+
 
 class PassengerEPollReactor(EPollReactor):
-    """EPollReactor whose events are dispatched straight to ``_doReadOrWrite``, in passes whose
+    """EPollReactor whose events are dispatched in passes (``passenger.http.fastpath.run_pass``) whose
     writes are sent together at the end (``passenger.http.eager``)."""
 
     def __init__(self) -> None:
         super().__init__()
         #: A pass is running: eager transports hold their writes until it ends.
         self.dispatching = False
-        #: The transports holding writes of this pass (``EagerWrites.uncork``).
+        #: The transports holding writes of this pass (``fastpath.send_corked``).
         self.corked: list[Any] = []
         #: Seconds to keep polling without sleeping after a pass with events (0: sleep at once).
         self.busy_poll = 0.0
@@ -65,17 +68,7 @@ class PassengerEPollReactor(EPollReactor):
         except InterruptedError:
             return
         self._active = bool(events)
-        selectables = self._selectables
-        dispatch = self._doReadOrWrite
-        self.dispatching = True
-        try:
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is not None:
-                    dispatch(selectable, fd, event)
-        finally:
-            self.dispatching = False
-            self.send_corked()
+        run_pass(self, events)
 
     def _spin(self, timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
         """Poll without sleeping for up to ``busy_poll`` seconds (never past ``timeout``), then sleep for
@@ -91,14 +84,6 @@ class PassengerEPollReactor(EPollReactor):
             if waited >= spin:
                 break
         return poll(-1 if timeout is None else max(timeout - waited, 0.0), maxevents)
-
-    def send_corked(self) -> None:
-        """Send what the transports held during the pass (sending cannot hold more: no pass runs)."""
-        corked = self.corked
-        if corked:
-            self.corked = []
-            for transport in corked:
-                transport.uncork()
 
     doIteration = doPoll
 

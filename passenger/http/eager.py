@@ -38,9 +38,10 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
+
+from passenger.http import fastpath
 
 try:
     from twisted.internet import unix
@@ -48,63 +49,24 @@ except ImportError:  # pragma: no cover (no AF_UNIX)
     unix = None  # type: ignore[assignment]
 
 
-#: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_PIECES = 256
-
-
 class EagerWrites:
-    """Mixed into a Twisted socket transport (before it in the bases)."""
-
-    # Attributes of twisted.internet.abstract.FileDescriptor / tcp.Connection.
-    socket: Any
-    connected: int
-    disconnecting: int
-    dataBuffer: bytes
-    _tempDataLen: int
-    _writeDisconnected: bool
-    _aborting: bool
-    producer: Any
-    streamingProducer: bool
-    reactor: Any
-    bufferSize: int
-
-    def _queueing(self) -> bool:
-        """Leave everything to Twisted: bytes are queued, the connection is closing, or a pull
-        producer is registered (it is asked for more from ``doWrite``, which needs queued bytes)."""
-        return bool(self._tempDataLen or self.dataBuffer or not self.connected or self.disconnecting
-                    or self._writeDisconnected or self._aborting
-                    or (self.producer is not None and not self.streamingProducer))
+    """Mixed into a Twisted socket transport (before it in the bases); the work is
+    ``passenger.http.fastpath``'s, compiled."""
 
     #: Bytes written during the reactor's current pass, sent together when it ends (None: nothing waits).
     _corked: list[bytes] | None = None
     #: Their size: past ``bufferSize`` they go at once, so that a producer is paused as in Twisted.
     _corked_size = 0
 
-    def _cork(self) -> list[bytes] | None:
-        """Start holding this pass's writes, if the reactor runs passes (PassengerEPollReactor)."""
-        reactor = self.reactor
-        if not getattr(reactor, "dispatching", False):
-            return None
-        corked: list[bytes] = []
-        self._corked = corked
-        self._corked_size = 0
-        reactor.corked.append(self)
-        return corked
-
     def uncork(self) -> None:
         """The reactor's pass is over (or the transport must act now): send what it held."""
-        pieces, self._corked = self._corked, None
-        if pieces:
-            if self._queueing():
-                super().writeSequence(pieces)  # type: ignore[misc]
-            else:
-                self._send(pieces)
+        fastpath.uncork(self)
 
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):
             super().write(data)  # Twisted's TypeError, at the caller
             return
-        self._take((data,), len(data))
+        fastpath.take(self, (data,), len(data))
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         pieces = iovec if isinstance(iovec, (list, tuple)) else list(iovec)
@@ -114,58 +76,22 @@ class EagerWrites:
                 super().writeSequence(pieces)  # type: ignore[misc]
                 return
             size += len(piece)
-        self._take(pieces, size)
+        fastpath.take(self, pieces, size)
 
-    def _take(self, pieces: Sequence[bytes], size: int) -> None:
-        """Bytes to write: held in a pass, queued behind what Twisted holds, else sent now."""
-        corked = self._corked
-        if corked is None:
-            if self._queueing():
-                super().writeSequence(pieces)  # type: ignore[misc]
-                return
-            corked = self._cork()
-            if corked is None:
-                self._send(pieces)
-                return
-        corked += pieces
-        self._corked_size += size
-        if self._corked_size > self.bufferSize:
-            self.uncork()
+    # Twisted's queue, for what the kernel did not take (called from fastpath).
+    def _queue_pieces(self, pieces: Sequence[bytes]) -> None:
+        super().writeSequence(pieces)  # type: ignore[misc]
 
-    def _send(self, pieces: Sequence[bytes]) -> None:
-        """Send now what the kernel takes; the rest goes to Twisted's queue (nothing may be queued)."""
-        if len(pieces) == 1:
-            self._send_one(pieces[0])
-            return
-        if len(pieces) > MAX_PIECES:
-            super().writeSequence(pieces)  # type: ignore[misc]
-            return
-        try:
-            sent = self.socket.sendmsg(pieces)
-        except OSError:  # as in _send_one()
-            sent = 0
-        for index, piece in enumerate(pieces):
-            if sent < len(piece):
-                rest = [piece[sent:], *pieces[index + 1:]] if sent else pieces[index:]
-                super().writeSequence(rest)  # type: ignore[misc]
-                return
-            sent -= len(piece)
-
-    def _send_one(self, data: bytes) -> None:
-        try:
-            sent = self.socket.send(data)
-        except OSError:  # EAGAIN: queued; an error: Twisted's doWrite meets it again and closes its way
-            sent = 0
-        if sent != len(data):
-            super().write(data[sent:])  # type: ignore[misc]
+    def _queue_bytes(self, data: bytes) -> None:
+        super().write(data)  # type: ignore[misc]
 
     # What must not overtake held bytes sends them first; what ends the connection drops them.
     def loseConnection(self) -> None:
-        self.uncork()
+        fastpath.uncork(self)
         super().loseConnection()  # type: ignore[misc]
 
     def loseWriteConnection(self) -> None:
-        self.uncork()
+        fastpath.uncork(self)
         super().loseWriteConnection()  # type: ignore[misc]
 
     def abortConnection(self) -> None:
@@ -178,27 +104,18 @@ class EagerWrites:
 
 
 class DirectReads:
-    """Mixed into TCP transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call.
+    """Mixed into TCP transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call
+    (``fastpath.read``, which ``PassengerEPollReactor`` calls without this method).
 
     Twisted's passes the bytes through ``_dataReceived``, which checks what
     ``dataReceived`` returned to warn about a protocol returning a value; ours
-    return None.  One Python call less per read, two per proxied request."""
+    return None."""
 
-    socket: Any
-    bufferSize: int
-    protocol: Any
+    #: Never, but ``fastpath.read`` asks (``SpliceSource`` sets it while its protocol splices).
+    splicing = False
 
     def doRead(self) -> Any:
-        try:
-            data = self.socket.recv(self.bufferSize)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return CONNECTION_LOST
-        if not data:
-            return CONNECTION_DONE
-        self.protocol.dataReceived(data)
-        return None
+        return fastpath.read(self)
 
 
 class SpliceSource:
@@ -229,6 +146,10 @@ class EagerTCPClient(SpliceSource, DirectReads, EagerWrites, tcp.Client):
     """A TCP connection to an app process that sends at once."""
 
 
+fastpath.FAST_READS.update((EagerTCPServer, EagerTCPClient))
+fastpath.EAGER_WRITES.update((EagerTCPServer, EagerTCPClient))
+
+
 class EagerTCPConnector(tcp.Connector):
     def _makeTransport(self) -> tcp.Client:
         return EagerTCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
@@ -246,6 +167,8 @@ if unix is not None:
     class EagerUNIXConnector(unix.Connector):
         def _makeTransport(self) -> Any:  # unix.Client (typed as tcp.Client in BaseConnector)
             return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
+
+    fastpath.EAGER_WRITES.update((EagerUNIXServer, EagerUNIXClient))
 
 
 def eager(reactor: Any) -> bool:

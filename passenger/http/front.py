@@ -34,6 +34,7 @@ from passenger.config import ServerConfig
 from passenger.http.access_log import AccessLog
 from passenger.http.connection import ConnectionProtocol
 from passenger.http.errors import REASONS, error_response, page_response
+from passenger.http.fastpath import write_pieces
 from passenger.http.headers import (
     FORWARDED,
     HOST_CHARS,
@@ -299,7 +300,7 @@ class FrontProtocol(ConnectionProtocol):
         held, target = self.held, self.held_for
         self.held = self.held_for = None
         if held and target is not None and target is self.upstream and target.transport is not None:
-            target.transport.writeSequence(held)
+            write_pieces(target.transport, held)
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
@@ -770,7 +771,7 @@ class FrontProtocol(ConnectionProtocol):
         if relay is not None:
             relay.write(pieces)
         elif self.transport is not None:
-            self.transport.writeSequence(pieces)
+            write_pieces(self.transport, pieces)
 
     def _stop_relay(self) -> None:
         self.responding = False

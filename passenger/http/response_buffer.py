@@ -25,6 +25,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import classImplements
 
+from passenger.http.fastpath import write_pieces
+
 #: Bytes held in memory before the rest goes to a file (Passenger's DEFAULT_FILE_BUFFERED_CHANNEL_THRESHOLD).
 MEMORY_THRESHOLD = 128 * 1024
 #: Bytes read back from the file per write to the client.
@@ -76,7 +78,7 @@ class ResponseBuffer:
     def write(self, pieces: Sequence[bytes]) -> None:
         """Bytes of the response, in order."""
         if not self.held and not self.client_paused:
-            self.transport.writeSequence(pieces)
+            write_pieces(self.transport, pieces)
             return
         self._hold(pieces)
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from passenger.http.connection import ConnectionProtocol
 from passenger.http.dates import date_line
+from passenger.http.fastpath import queueing, uncork, write_pieces
 from passenger.http.headers import CHUNKED, CONNECTION, DATE, LENGTH, PASSED, RESPONSE_SPECIAL, connection_tokens
 from passenger.http.splice import AVAILABLE as SPLICE_AVAILABLE
 from passenger.http.splice import FLAGS as SPLICE_FLAGS
@@ -169,7 +170,7 @@ class UpstreamConnection(ConnectionProtocol):
             front.held_for = self
             front.held.extend(pieces)
         else:
-            self.transport.writeSequence(pieces)
+            write_pieces(self.transport, pieces)
 
     def _flush_held(self) -> None:
         front = self.front
@@ -285,8 +286,8 @@ class UpstreamConnection(ConnectionProtocol):
         relay = front.relay
         if relay is not None and (relay.held or relay.client_paused):
             return  # a slow client: its bytes are held, in order, by the relay
-        client.uncork()  # what this pass wrote to the client (the head) leaves first
-        if client._queueing():
+        uncork(client)  # what this pass wrote to the client (the head) leaves first
+        if queueing(client):
             return
         pipe = take_pipe()
         if pipe is None:

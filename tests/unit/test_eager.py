@@ -20,8 +20,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,6 +36,7 @@ from passenger.http.eager import (
     connect_unix,
     make_eager,
 )
+from passenger.http.fastpath import write_pieces
 
 
 def the_reactor() -> Any:
@@ -277,9 +279,11 @@ class Scripted(Protocol):
         self.client = client
         self.seen_in_pass: bytes | None = None
         self.lost = False
+        self.reason: Any = None
 
     def connectionLost(self, reason: object = None) -> None:
         self.lost = True
+        self.reason = reason
 
     def dataReceived(self, data: bytes) -> None:
         self.script(self.transport)
@@ -446,3 +450,41 @@ def test_a_push_producer_is_paused_inside_a_pass_as_in_twisted(passes):  # type:
     assert producer.events == ["pause"]
     assert sum(written) < 4 << 20, f"{sum(written)} bytes were taken before the producer was paused"
     protocol.transport.unregisterProducer()
+
+
+def test_an_error_in_a_pass_is_logged_and_loses_that_connection_as_in_twisted(passes):  # type: ignore[no-untyped-def]
+    """The pass reads the eager transports itself (passenger.http.fastpath): an exception from the
+    protocol is logged with its traceback and becomes the reason the connection is lost."""
+    reactor, run = passes
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+
+    def script(transport: Any) -> None:
+        transport.protocol.seen_in_pass = b""
+        raise ValueError("boom in dataReceived")
+
+    try:
+        protocol, client = run(script)
+        turn_until(reactor, lambda: protocol.lost)
+    finally:
+        globalLogPublisher.removeObserver(logged)
+    assert isinstance(protocol.reason.value, ValueError)
+    failures = [event["failure"] for event in logged if "failure" in event]  # log.err(), as Twisted's reactors
+    assert [str(f.value) for f in failures] == ["boom in dataReceived"]
+    assert "script" in failures[0].getTraceback()
+    assert read_to_end(client) == b""
+    assert protocol.transport.fileno() == -1
+
+
+def test_the_peer_closing_is_a_clean_close(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+    protocol, client = run(lambda transport: None)
+    client.shutdown(socket.SHUT_WR)
+    turn_until(reactor, lambda: protocol.lost)
+    assert protocol.reason.check(ConnectionDone)
+
+
+def test_write_pieces_leaves_other_transports_their_own_write_sequence() -> None:
+    transport = StringTransport()
+    write_pieces(transport, [b"one ", b"two"])
+    assert transport.value() == b"one two"

@@ -1,0 +1,176 @@
+"""The per-event work of the eager transports and of the reactor's pass, compiled.
+
+``passenger.http.eager``'s transports are Twisted classes, which mypyc cannot
+compile, and ``PassengerEPollReactor`` is Twisted's reactor.  Run as Python,
+their methods were a fifth of the server's CPU per proxied request: about
+twenty interpreted frames (the pass's loop, Twisted's ``_doReadOrWrite``,
+``doRead``, ``write``, ``_take``, ``uncork``, ``_send``...; perf with
+``--call-graph dwarf``, bench/compare_bench.py's hello).  So that work is
+here, as functions of the transport, which mypyc compiles with the request
+path; the classes' methods call them.
+
+The functions keep Twisted's behaviour to the letter where they stand in for
+it: a read event on one of the transports registered with ``fast_reads`` is
+handled as ``_doReadOrWrite`` handles it (every other event still goes
+there), and what the kernel does not take goes to Twisted's own queue
+(``_queue_pieces``/``_queue_bytes``, the transport's ``super()`` methods).
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.python import log
+
+#: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_PIECES = 256
+
+#: The transport classes whose read events ``run_pass`` handles itself (``read``), by exact type.
+FAST_READS: set[type] = set()
+#: The transport classes that hold and send writes here (``write_pieces``), by exact type.
+EAGER_WRITES: set[type] = set()
+
+_EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+
+
+# The reactor's pass.
+def run_pass(reactor: Any, events: list[tuple[int, int]]) -> None:
+    """Dispatch one poll's events, holding the writes they make, then send what was held."""
+    selectables: dict[int, Any] = reactor._selectables
+    reactor.dispatching = True
+    try:
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if event == _EPOLLIN and type(selectable) in FAST_READS:
+                read_event(reactor, selectable)
+            else:
+                reactor._doReadOrWrite(selectable, fd, event)
+    finally:
+        reactor.dispatching = False
+        send_corked(reactor)
+
+
+def read_event(reactor: Any, transport: Any) -> None:
+    """A read event alone, as Twisted's ``_doReadOrWrite`` handles it: an error is logged and loses the
+    connection, as does what ``doRead`` returns."""
+    why: Any
+    try:
+        why = _NO_FILEDESC if transport.fileno() == -1 else read(transport)
+    except BaseException as error:
+        log.err()  # the exception being handled, with its traceback
+        why = error
+    if why:
+        reactor._disconnectSelectable(transport, why, True)
+
+
+def read(transport: Any) -> Any:
+    """``doRead`` of a TCP transport, in one call; its protocol splices instead while ``splicing``."""
+    if transport.splicing:
+        return transport.protocol.splice_read()
+    try:
+        data = transport.socket.recv(transport.bufferSize)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return CONNECTION_LOST
+    if not data:
+        return CONNECTION_DONE
+    transport.protocol.dataReceived(data)
+    return None
+
+
+def send_corked(reactor: Any) -> None:
+    """Send what the transports held during the pass (sending cannot hold more: no pass runs)."""
+    corked: list[Any] = reactor.corked
+    if corked:
+        reactor.corked = []
+        for transport in corked:
+            uncork(transport)
+
+
+# Writes.
+def write_pieces(transport: Any, pieces: Sequence[bytes]) -> None:
+    """``transport.writeSequence(pieces)``, straight into the eager path when the transport has one."""
+    if type(transport) in EAGER_WRITES:
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+        take(transport, pieces, size)
+    else:
+        transport.writeSequence(pieces)
+
+
+def queueing(transport: Any) -> bool:
+    """Leave everything to Twisted: bytes are queued, the connection is closing, or a pull
+    producer is registered (it is asked for more from ``doWrite``, which needs queued bytes)."""
+    return bool(transport._tempDataLen or transport.dataBuffer or not transport.connected
+                or transport.disconnecting or transport._writeDisconnected or transport._aborting
+                or (transport.producer is not None and not transport.streamingProducer))
+
+
+def take(transport: Any, pieces: Sequence[bytes], size: int) -> None:
+    """Bytes to write: held in a pass, queued behind what Twisted holds, else sent now."""
+    corked: list[bytes] | None = transport._corked
+    if corked is None:
+        if queueing(transport):
+            transport._queue_pieces(pieces)
+            return
+        reactor = transport.reactor
+        if not getattr(reactor, "dispatching", False):
+            send(transport, pieces)
+            return
+        corked = []  # hold this pass's writes
+        transport._corked = corked
+        transport._corked_size = 0
+        reactor.corked.append(transport)
+    corked.extend(pieces)
+    held: int = transport._corked_size + size
+    transport._corked_size = held
+    if held > transport.bufferSize:
+        uncork(transport)
+
+
+def uncork(transport: Any) -> None:
+    """The reactor's pass is over (or the transport must act now): send what it held."""
+    pieces: list[bytes] | None = transport._corked
+    transport._corked = None
+    if pieces:
+        if queueing(transport):
+            transport._queue_pieces(pieces)
+        else:
+            send(transport, pieces)
+
+
+def send(transport: Any, pieces: Sequence[bytes]) -> None:
+    """Send now what the kernel takes; the rest goes to Twisted's queue (nothing may be queued)."""
+    if len(pieces) == 1:
+        send_one(transport, pieces[0])
+        return
+    if len(pieces) > MAX_PIECES:
+        transport._queue_pieces(pieces)
+        return
+    try:
+        sent: int = transport.socket.sendmsg(pieces)
+    except OSError:  # as in send_one()
+        sent = 0
+    for index, piece in enumerate(pieces):
+        if sent < len(piece):
+            rest = [piece[sent:], *pieces[index + 1:]] if sent else list(pieces[index:])
+            transport._queue_pieces(rest)
+            return
+        sent -= len(piece)
+
+
+def send_one(transport: Any, data: bytes) -> None:
+    try:
+        sent: int = transport.socket.send(data)
+    except OSError:  # EAGAIN: queued; an error: Twisted's doWrite meets it again and closes its way
+        sent = 0
+    if sent != len(data):
+        transport._queue_bytes(data[sent:])
