@@ -13,7 +13,7 @@ errors keep Twisted's behaviour: an error seen here is left for Twisted's
 
 Under ``passenger.reactor.PassengerEPollReactor`` the writes made while it
 dispatches one poll's events are held and sent together when the pass ends
-(``uncork``).  Sending to a process that sleeps in ``epoll_wait`` costs the
+(``fastpath.uncork``).  Sending to a process that sleeps in ``epoll_wait`` costs the
 sender its wake-up, across CPUs; a burst of sends wakes each peer once for
 several requests.  That took the system time per proxied request from 23 to
 15 µs (bench/compare_bench.py's hello).  Held bytes never change what the peer
@@ -57,10 +57,6 @@ class EagerWrites:
     _corked: list[bytes] | None = None
     #: Their size: past ``bufferSize`` they go at once, so that a producer is paused as in Twisted.
     _corked_size = 0
-
-    def uncork(self) -> None:
-        """The reactor's pass is over (or the transport must act now): send what it held."""
-        fastpath.uncork(self)
 
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):

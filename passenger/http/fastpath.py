@@ -137,11 +137,18 @@ def take(transport: Any, pieces: Sequence[bytes], size: int) -> None:
 
 
 def uncork(transport: Any) -> None:
-    """The reactor's pass is over (or the transport must act now): send what it held."""
+    """The reactor's pass is over (or the transport must act now): send what it held.
+
+    ``take`` found nothing queued when it began to hold, and nothing since can have queued
+    bytes or closed the connection without handling what is held first: ``loseConnection``
+    and ``loseWriteConnection`` send it, ``abortConnection`` and ``connectionLost`` drop it,
+    and only ``send`` hands Twisted bytes.  A pull producer registered since is the one
+    change left; Twisted's queue must take the bytes then, so that its ``doWrite`` asks the
+    producer for more once they are out."""
     pieces: list[bytes] | None = transport._corked
     transport._corked = None
     if pieces:
-        if queueing(transport):
+        if transport.producer is not None and not transport.streamingProducer:
             transport._queue_pieces(pieces)
         else:
             send(transport, pieces)
