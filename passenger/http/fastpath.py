@@ -41,13 +41,14 @@ _EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 def run_pass(reactor: Any, events: list[tuple[int, int]]) -> None:
     """Dispatch one poll's events, holding the writes they make, then send what was held."""
     selectables: dict[int, Any] = reactor._selectables
+    fast_reads = FAST_READS
     reactor.dispatching = True
     try:
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == _EPOLLIN and type(selectable) in FAST_READS:
+            if event == _EPOLLIN and type(selectable) in fast_reads:
                 read_event(reactor, selectable)
             else:
                 reactor._doReadOrWrite(selectable, fd, event)
