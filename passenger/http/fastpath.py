@@ -22,8 +22,9 @@ import select
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet import posixbase
+from twisted.internet.error import ConnectionFdescWentAway
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
 #: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
@@ -35,6 +36,9 @@ FAST_READS: set[type] = set()
 EAGER_WRITES: set[type] = set()
 
 _EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+#: The reason ``_doReadOrWrite`` gives for a descriptor whose ``fileno()`` is -1 (private to Twisted).
+_NO_FILEDESC: BaseException = getattr(posixbase, "_NO_FILEDESC", None) or ConnectionFdescWentAway(
+    "File descriptor lost")
 
 
 # The reactor's pass.
