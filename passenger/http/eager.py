@@ -100,12 +100,15 @@ class EagerWrites:
 
 
 class DirectReads:
-    """Mixed into TCP transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call
+    """Mixed into socket transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call
     (``fastpath.read``, which ``PassengerEPollReactor`` calls without this method).
 
     Twisted's passes the bytes through ``_dataReceived``, which checks what
     ``dataReceived`` returned to warn about a protocol returning a value; ours
-    return None."""
+    return None.  On a Unix socket Twisted reads with ``recvmsg`` for the
+    descriptors a peer may pass (``IFileDescriptorReceiver``); HTTP passes none,
+    our protocols take none, and the kernel closes any that come with a plain
+    ``recv``.  Twisted's way cost 4 µs more per proxied request than TCP's."""
 
     #: Never, but ``fastpath.read`` asks (``SpliceSource`` sets it while its protocol splices).
     splicing = False
@@ -152,18 +155,19 @@ class EagerTCPConnector(tcp.Connector):
 
 
 if unix is not None:
-    class EagerUNIXServer(EagerWrites, unix.Server):
+    class EagerUNIXServer(DirectReads, EagerWrites, unix.Server):
         """An accepted Unix-socket connection that sends at once."""
 
         splice_into = True
 
-    class EagerUNIXClient(SpliceSource, EagerWrites, unix.Client):
+    class EagerUNIXClient(SpliceSource, DirectReads, EagerWrites, unix.Client):
         """A Unix-socket connection to an app process that sends at once."""
 
     class EagerUNIXConnector(unix.Connector):
         def _makeTransport(self) -> Any:  # unix.Client (typed as tcp.Client in BaseConnector)
             return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
 
+    fastpath.FAST_READS.update((EagerUNIXServer, EagerUNIXClient))
     fastpath.EAGER_WRITES.update((EagerUNIXServer, EagerUNIXClient))
 
 

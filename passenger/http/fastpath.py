@@ -75,7 +75,7 @@ def read_event(reactor: Any, transport: Any) -> None:
 
 
 def read(transport: Any) -> Any:
-    """``doRead`` of a TCP transport, in one call; its protocol splices instead while ``splicing``."""
+    """``doRead`` of a TCP or Unix transport, in one call; its protocol splices instead while ``splicing``."""
     if transport.splicing:
         return transport.protocol.splice_read()
     try:

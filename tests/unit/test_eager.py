@@ -7,6 +7,7 @@ producer pausing; pull producers and closing behave as they do in Twisted.
 
 from __future__ import annotations
 
+import array
 import io
 import os
 import socket
@@ -260,6 +261,33 @@ def test_connections_to_apps_are_eager_over_tcp_and_unix(tmp_path: Path):  # typ
     assert (yield client.first_bytes) == b"pong"
     client.transport.loseConnection()
     yield unix_port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_descriptors_passed_over_a_unix_socket_are_not_kept(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The eager Unix transports read with a plain recv (no ancillary data): a descriptor a peer
+    passes along with its bytes is closed by the kernel, not leaked into the server."""
+    path = str(tmp_path / "front.sock")
+    accepted = OneConnection()
+    port = make_eager(the_reactor().listenUNIX(path, accepted))
+    read_end, write_end = os.pipe()
+    client = socket.socket(socket.AF_UNIX)
+    try:
+        client.connect(path)
+        server = yield accepted.made
+        assert type(server.transport) is EagerUNIXServer
+        client.sendmsg([b"ping"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))])
+        os.close(write_end)
+        assert (yield server.first_bytes) == b"ping"
+        os.set_blocking(read_end, False)
+        try:
+            assert os.read(read_end, 1) == b""  # end of file: no write end is open anywhere
+        except BlockingIOError:
+            pytest.fail("the pipe's write end is still open: the server kept the descriptor")
+    finally:
+        client.close()
+        os.close(read_end)
+        yield port.stopListening()
 
 
 def test_other_reactors_keep_their_own_connect() -> None:
