@@ -110,7 +110,7 @@ class DirectReads:
     our protocols take none, and the kernel closes any that come with a plain
     ``recv``.  Twisted's way cost 4 µs more per proxied request than TCP's."""
 
-    #: Never, but ``fastpath.read`` asks (``SpliceSource`` sets it while its protocol splices).
+    #: The protocol splices what the socket has (``SpliceSource``): ``fastpath.read`` leaves it to it.
     splicing = False
 
     def doRead(self) -> Any:
@@ -118,19 +118,12 @@ class DirectReads:
 
 
 class SpliceSource:
-    """Mixed into app connections' transports: while ``splicing``, the readable socket is the protocol's
-    to move to a client in the kernel (``UpstreamConnection.splice_read``, ``passenger.http.splice``)
-    instead of Twisted's to read."""
+    """Mixed into app connections' transports: while ``splicing`` (set by the protocol), the readable
+    socket is the protocol's to move to a client in the kernel (``UpstreamConnection.splice_read``,
+    ``passenger.http.splice``) instead of ``fastpath.read``'s to read."""
 
     #: Bodies can be spliced from this transport's socket.
     splice_from = True
-    splicing = False
-    protocol: Any
-
-    def doRead(self) -> Any:
-        if self.splicing:
-            return self.protocol.splice_read()
-        return super().doRead()  # type: ignore[misc]
 
 
 class EagerTCPServer(DirectReads, EagerWrites, tcp.Server):
@@ -145,8 +138,7 @@ class EagerTCPClient(SpliceSource, DirectReads, EagerWrites, tcp.Client):
     """A TCP connection to an app process that sends at once."""
 
 
-fastpath.FAST_READS.update((EagerTCPServer, EagerTCPClient))
-fastpath.EAGER_WRITES.update((EagerTCPServer, EagerTCPClient))
+fastpath.EAGER.update((EagerTCPServer, EagerTCPClient))
 
 
 class EagerTCPConnector(tcp.Connector):
@@ -167,8 +159,7 @@ if unix is not None:
         def _makeTransport(self) -> Any:  # unix.Client (typed as tcp.Client in BaseConnector)
             return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
 
-    fastpath.FAST_READS.update((EagerUNIXServer, EagerUNIXClient))
-    fastpath.EAGER_WRITES.update((EagerUNIXServer, EagerUNIXClient))
+    fastpath.EAGER.update((EagerUNIXServer, EagerUNIXClient))
 
 
 def eager(reactor: Any) -> bool:

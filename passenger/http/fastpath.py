@@ -30,10 +30,9 @@ from twisted.python import log
 #: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
 MAX_PIECES = 256
 
-#: The transport classes whose read events ``run_pass`` handles itself (``read``), by exact type.
-FAST_READS: set[type] = set()
-#: The transport classes that hold and send writes here (``write_pieces``), by exact type.
-EAGER_WRITES: set[type] = set()
+#: The eager transport classes (``passenger.http.eager``), by exact type: ``run_pass`` reads their read
+#: events itself (``read``), and ``write_pieces`` hands their writes to ``take``.
+EAGER: set[type] = set()
 
 _EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 #: The reason ``_doReadOrWrite`` gives for a descriptor whose ``fileno()`` is -1 (private to Twisted).
@@ -45,14 +44,14 @@ _NO_FILEDESC: BaseException = getattr(posixbase, "_NO_FILEDESC", None) or Connec
 def run_pass(reactor: Any, events: list[tuple[int, int]]) -> None:
     """Dispatch one poll's events, holding the writes they make, then send what was held."""
     selectables: dict[int, Any] = reactor._selectables
-    fast_reads = FAST_READS
+    eager = EAGER
     reactor.dispatching = True
     try:
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == _EPOLLIN and type(selectable) in fast_reads:
+            if event == _EPOLLIN and type(selectable) in eager:
                 read_event(reactor, selectable)
             else:
                 reactor._doReadOrWrite(selectable, fd, event)
@@ -102,7 +101,7 @@ def send_corked(reactor: Any) -> None:
 # Writes.
 def write_pieces(transport: Any, pieces: Sequence[bytes]) -> None:
     """``transport.writeSequence(pieces)``, straight into the eager path when the transport has one."""
-    if type(transport) in EAGER_WRITES:
+    if type(transport) in EAGER:
         size = 0
         for piece in pieces:
             size += len(piece)
