@@ -10,9 +10,8 @@ here, as functions of the transport, which mypyc compiles with the request
 path; the classes' methods call them.
 
 The functions keep Twisted's behaviour to the letter where they stand in for
-it: a read event on one of the transports registered with ``fast_reads`` is
-handled as ``_doReadOrWrite`` handles it (every other event still goes
-there), and what the kernel does not take goes to Twisted's own queue
+it: a read event alone on one of the transports in ``EAGER`` is handled as
+``_doReadOrWrite`` handles it (every other event still goes there), and what the kernel does not take goes to Twisted's own queue
 (``_queue_pieces``/``_queue_bytes``, the transport's ``super()`` methods).
 """
 
