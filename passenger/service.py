@@ -312,6 +312,9 @@ class PassengerService(Service):
             if self._fast:
                 front.abort_all()
             else:
+                if front.connections:  # which phase a slow stop is in shows in the log
+                    self.log.info("Waiting for {count} client connection(s) to finish (at most {seconds}s)",
+                                  count=len(front.connections), seconds=self.config.drain_timeout)
                 drained = self._drain_requests(front)
                 timeout = self.reactor.callLater(self.config.drain_timeout, drained.cancel)
                 try:

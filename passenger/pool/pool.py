@@ -89,6 +89,9 @@ class Pool:
         self._memory_timer = None
         self.waiting.clear()
         groups = [*self.groups.values(), *self.removed]
+        count = sum(len(group.processes) + len(group.leaving) for group in groups)
+        if count:  # which phase a slow stop is in shows in the log
+            self.log.info("Stopping {count} app process(es)", count=count)
         return DeferredList([group.stop() for group in groups], consumeErrors=True)
 
     def remove(self, name: str) -> Deferred[Any]:
