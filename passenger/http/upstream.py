@@ -297,7 +297,7 @@ class UpstreamConnection(ConnectionProtocol):
         upstream.splicing = True
 
     def splice_read(self) -> Any:
-        """The app's socket is readable while the body is spliced (its transport's ``doRead``).
+        """The app's socket is readable while the body is spliced (``fastpath.read`` hands it over).
 
         Moves what it has through the pipe to the client.  If the client takes less, what the pipe
         holds goes the usual way and the body leaves the splice path (the relay holds bytes for a slow
