@@ -139,6 +139,7 @@ class EagerTCPClient(SpliceSource, DirectReads, EagerWrites, tcp.Client):
 
 
 fastpath.EAGER.update((EagerTCPServer, EagerTCPClient))
+fastpath.READ_LAST.add(EagerTCPServer)
 
 
 class EagerTCPConnector(tcp.Connector):
@@ -160,6 +161,7 @@ if unix is not None:
             return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
 
     fastpath.EAGER.update((EagerUNIXServer, EagerUNIXClient))
+    fastpath.READ_LAST.add(EagerUNIXServer)
 
 
 def eager(reactor: Any) -> bool:

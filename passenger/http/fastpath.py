@@ -32,6 +32,9 @@ MAX_PIECES = 256
 #: The eager transport classes (``passenger.http.eager``), by exact type: ``run_pass`` reads their read
 #: events itself (``read``), and ``write_pieces`` hands their writes to ``take``.
 EAGER: set[type] = set()
+#: Those of accepted (client) connections: ``run_pass`` reads them last, after sending what the rest of
+#: the pass wrote, so that the responses an app finished go out before the new requests are read.
+READ_LAST: set[type] = set()
 
 _EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 #: The reason ``_doReadOrWrite`` gives for a descriptor whose ``fileno()`` is -1 (private to Twisted).
@@ -41,19 +44,33 @@ _NO_FILEDESC: BaseException = getattr(posixbase, "_NO_FILEDESC", None) or Connec
 
 # The reactor's pass.
 def run_pass(reactor: Any, events: list[tuple[int, int]]) -> None:
-    """Dispatch one poll's events, holding the writes they make, then send what was held."""
+    """Dispatch one poll's events, holding the writes they make, then send what was held.
+
+    Client connections' reads come last, after what the others wrote is sent: a burst of new
+    requests does not hold up the responses that arrived with it (at half the maximum rate, p50
+    fell from 0.60 to 0.53 ms at the same CPU: docs/performance.md)."""
     selectables: dict[int, Any] = reactor._selectables
-    eager = EAGER
+    eager, read_last = EAGER, READ_LAST
+    later: list[tuple[int, Any]] = []
     reactor.dispatching = True
     try:
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == _EPOLLIN and type(selectable) in eager:
-                read_event(reactor, selectable)
+            kind = type(selectable)
+            if event == _EPOLLIN and kind in eager:
+                if kind in read_last:
+                    later.append((fd, selectable))
+                else:
+                    read_event(reactor, selectable)
             else:
                 reactor._doReadOrWrite(selectable, fd, event)
+        if later:
+            send_corked(reactor)
+            for fd, selectable in later:
+                if selectables.get(fd) is selectable:  # not closed meanwhile
+                    read_event(reactor, selectable)
     finally:
         reactor.dispatching = False
         send_corked(reactor)

@@ -512,6 +512,39 @@ def test_the_peer_closing_is_a_clean_close(passes):  # type: ignore[no-untyped-d
     assert protocol.reason.check(ConnectionDone)
 
 
+def test_a_response_read_in_a_pass_leaves_before_the_requests_of_that_pass_are_read(passes):  # type: ignore[no-untyped-def]
+    """A client connection is read last in its pass, after what the app connections' reads wrote is sent."""
+    reactor, run = passes
+    order: list[str] = []
+    protocol, client = run(lambda transport: order.append("request") if order else None)
+
+    class AppSide(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            order.append("response")
+            protocol.transport.write(b"relayed " + data)  # as the relay writes an app's response
+
+    made: list[AppSide] = []
+
+    class ToApp(ClientFactory):
+        def buildProtocol(self, addr: object) -> AppSide:
+            made.append(AppSide())
+            return made[0]
+
+    with socket.create_server(("127.0.0.1", 0)) as app:
+        connect_tcp(reactor, "127.0.0.1", app.getsockname()[1], ToApp(), timeout=5)
+        turn_until(reactor, lambda: made and made[0].transport.connected)
+        assert type(made[0].transport) is EagerTCPClient
+        peer, _ = app.accept()
+        with peer:
+            order.append("ready")
+            client.sendall(b"next request")  # ready first: epoll returns it first
+            peer.sendall(b"response")  # loopback delivers inside send: both are ready for one poll
+            reactor.iterate(0)
+            made[0].transport.loseConnection()
+    assert order == ["ready", "response", "request"], "one pass, the app connection read first"
+    assert protocol.seen_in_pass == b"relayed response", "the response left before the request was read"
+
+
 def test_write_pieces_leaves_other_transports_their_own_write_sequence() -> None:
     transport = StringTransport()
     write_pieces(transport, [b"one ", b"two"])
