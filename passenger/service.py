@@ -303,6 +303,8 @@ class PassengerService(Service):
     @inlineCallbacks
     def _stop(self) -> Any:
         pool, front = self.pool, self.front
+        if pool is not None:
+            pool.draining = True  # the requests in flight finish on the processes there are
         for watcher in self.watchers.values():
             watcher.stop()
         self._restore_signal_handlers()

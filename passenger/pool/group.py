@@ -439,9 +439,17 @@ class Group:
 
     def _maybe_spawn(self) -> None:
         while (self.running and self._backoff is None and len(self.spawning) < self.app.max_spawns_in_parallel
-               and self.wants_process() and self.pool.may_spawn(self, evict=self.waiting > 0)):
+               and self.wants_process() and self._may_grow() and self.pool.may_spawn(self, evict=self.waiting > 0)):
             if self._spawn() is None:
                 return
+
+    def _may_grow(self) -> bool:
+        """While the server drains, a spawn only for requests that no process would ever take.
+
+        The requests in flight finish on the processes there are; a process spawned
+        now would serve nothing (no new connections come) and be killed by the stop.
+        """
+        return not self.pool.draining or (self.waiting > 0 and not self.ready and not self.spawning)
 
     def _spawn(self) -> AppProcess | None:
         """Start one process of the current generation (None: it failed at once, and that is handled)."""

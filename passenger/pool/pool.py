@@ -56,6 +56,8 @@ class Pool:
         self._memory_timer: IDelayedCall | None = None
         #: Told of process and queue events (the hooks).
         self.listeners: list[PoolListener] = []
+        #: The server is stopping and lets its requests finish: groups no longer grow (Group._may_grow).
+        self.draining = False
 
     def notify(self, event: str, group: Group, **details: Any) -> None:
         for listener in self.listeners:
@@ -78,6 +80,7 @@ class Pool:
         return group
 
     def start(self) -> None:
+        self.draining = False
         for group in self.groups.values():
             group.start()
         if self.memory is not None and any(g.app.memory_limit for g in self.groups.values()):

@@ -184,15 +184,16 @@ class AppProcess:
         except (ProcessExitedAlready, OSError):
             pass
 
-    def begin_stop(self) -> Deferred[None]:
-        """Close stdin (Passenger's shutdown signal), send the stop signal (TERM), and KILL after the timeout."""
+    def begin_stop(self, signal_name: str | None = None) -> Deferred[None]:
+        """Close stdin (Passenger's shutdown signal), send the stop signal (TERM, or ``signal_name``), and KILL
+        after the timeout."""
         self.state = STOPPING
         if self.transport is not None:
             try:
                 self.transport.closeStdin()
             except Exception:
                 pass
-        self.signal(self.stop_signal)
+        self.signal(signal_name or self.stop_signal)
         self.arm(self.shutdown_timeout, self.kill_timed_out)
         return self.wait_stopped()
 
@@ -257,6 +258,16 @@ def _build() -> Callable[[AppProcess], _Lifecycle]:
         p.finish(reason)
 
     @Spawning.upon(_Lifecycle.stop).to(Stopping)
+    def stop_spawning(i: _Lifecycle, p: AppProcess) -> Deferred[None]:
+        """A spawn given up (the server or its app stops, a restart): KILL, as Passenger's spawner does.
+
+        It has served nothing, and the stop signal could be lost: a child between
+        fork and exec still has the server's Python signal handlers (twistd's for
+        TERM), which take the signal and do nothing there; it would then exec and
+        run until the KILL after ``shutdown_timeout``.  KILL cannot be handled.
+        """
+        return p.begin_stop("KILL")
+
     @Ready.upon(_Lifecycle.stop).to(Stopping)
     def stop(i: _Lifecycle, p: AppProcess) -> Deferred[None]:
         return p.begin_stop()

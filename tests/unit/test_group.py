@@ -236,6 +236,41 @@ def test_unknown_concurrency_does_not_grow_while_a_process_is_idle() -> None:
     assert not group.spawning
 
 
+def test_a_draining_server_does_not_grow_but_spawns_for_requests_no_process_would_take() -> None:
+    """While the server stops and lets its requests finish, they finish on the processes there are.
+
+    A request that found every process busy made the group spawn during a graceful
+    stop; the stop then caught that process between fork and exec (where its TERM
+    was lost) and hung until the KILL.
+    """
+    group, spawner, _ = started(min_instances=1, max_pool_size=3, concurrency=None)
+    [p1] = spawner.spawned
+    group.pool.draining = True
+    assert checkout(group, "a")[1] is p1
+    assert len(spawner.spawned) == 1, "every process busy, yet no spawn: the request is served"
+
+    group, spawner, _ = started(min_instances=1, max_pool_size=3, concurrency=1)
+    [p1] = spawner.spawned
+    group.pool.draining = True
+    assert checkout(group, "a")[1] is p1
+    b = checkout(group, "b")[0]
+    assert b.waiting, "p1 is full: b waits for it"
+    assert len(spawner.spawned) == 1, "no spawn: p1 will take b"
+    group.release(p1)
+    assert b.delivered == [p1]
+
+    # No process left to take the request: it gets one, and only one.
+    group, spawner, _ = make_group(min_instances=0, max_pool_size=3, concurrency=1)
+    group.start()
+    group.pool.draining = True
+    a, b = checkout(group, "a")[0], checkout(group, "b")[0]
+    assert a.waiting and b.waiting
+    assert len(spawner.spawned) == 1
+    spawner.spawned[0].listening()
+    assert a.delivered == [spawner.spawned[0]]
+    assert len(spawner.spawned) == 1, "b waits for the process there is"
+
+
 # Exits and failures.
 
 def test_a_ready_process_that_exits_is_removed_and_replaced_below_min_instances() -> None:
@@ -389,15 +424,15 @@ def test_stop_stops_every_process_and_fires_after_all_have_exited() -> None:
 
     d = group.stop()
     assert [s for s, _, _ in b.rejected] == [503]
-    for p in (p1, p2):
+    for p, signal in ((p1, "TERM"), (p2, "KILL")):  # a spawn given up is killed
         assert transport_of(p).stdin_closed
-        assert transport_of(p).signals == ["TERM"]
+        assert transport_of(p).signals == [signal]
     assert not d.called
 
     transport_of(p1).end(code=0)
     assert not d.called
     clock.advance(5.0)
-    assert transport_of(p2).signals == ["TERM", "KILL"]
+    assert transport_of(p2).signals == ["KILL", "KILL"]
     assert not d.called
     transport_of(p2).end(signal=9)
     assert d.called

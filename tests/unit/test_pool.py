@@ -61,7 +61,8 @@ def request(group: Group, sticky_id: int | None = None, name: str = "") -> tuple
 
 
 def stopped(process: AppProcess) -> bool:
-    return "TERM" in transport_of(process).signals
+    """Asked to stop: TERM, or KILL for a process still spawning (see AppProcess's stop_spawning)."""
+    return bool({"TERM", "KILL"} & set(transport_of(process).signals))
 
 
 # Limits shared by all apps.
