@@ -123,6 +123,17 @@ def listening_ports(pid: int, include_children: bool = True, *, proc: str = "/pr
     return sorted(found, key=lambda entry: (entry.port, entry.family, entry.address, entry.pid))
 
 
+def not_exec_yet(pid: int, parent: int, *, proc: str = "/proc") -> bool:
+    """``pid`` is still the copy of ``parent`` that fork made: it runs the same command line.
+
+    Between fork and exec a child holds copies of its parent's descriptors, the
+    server's listening sockets among them; what it listens on says nothing of
+    the app yet.  Unreadable entries answer False (look at it as it is).
+    """
+    mine = _read_bytes(f"{proc}/{pid}/cmdline")
+    return bool(mine) and mine == _read_bytes(f"{proc}/{parent}/cmdline")
+
+
 def describe_wrong_listen(expected_port: int, found: list[Listening]) -> str | None:
     """A one-line reason why 127.0.0.1:``expected_port`` does not accept, or None.
 
@@ -210,6 +221,14 @@ def _children_by_parent(proc: str) -> dict[int, list[int]]:
             continue
         by_parent.setdefault(ppid, []).append(int(name))
     return by_parent
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _socket_inodes(proc: str, pid: int) -> list[int]:

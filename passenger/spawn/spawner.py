@@ -32,7 +32,7 @@ from passenger.spawn.probe import PortProbe
 from passenger.spawn.properties import PropertiesError, parse_properties, process_concurrency
 from passenger.spawn.protocol import AppProcessProtocol
 from passenger.spawn.report import CATEGORIES, JourneyStep, SpawnReport, default_texts, new_error_id
-from passenger.spawn.sockets import describe_wrong_listen, listening_ports
+from passenger.spawn.sockets import describe_wrong_listen, listening_ports, not_exec_yet
 from passenger.spawn.users import AppUser, login_shell, resolve_app_user
 from passenger.spawn.workdir import PROPERTIES_CAP, WorkDir, user_info_text
 
@@ -113,6 +113,9 @@ class Handshake:
         self._timer = None
         pid = self._process.pid
         if self.done or pid is None:
+            return
+        if not_exec_yet(pid, os.getpid()):  # still a copy of the server, with the server's listening sockets
+            self._later(WRONG_PORT_INTERVAL, self._check_wrong_port)
             return
         message = describe_wrong_listen(self._process.port, listening_ports(pid))
         if message is not None:

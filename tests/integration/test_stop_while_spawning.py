@@ -10,12 +10,16 @@ graceful stop once hung (test_signals.py's connection accepted just before the
 stop: the request made the group spawn, and the pool's stop came while that
 process was still forking).  Here the window is held open for a moment by a
 fork hook, so the signal lands in it every time.
+
+The same window once made a slow fork look like an app on the wrong port: the
+child, not exec'd yet, holds the server's listening sockets.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -194,3 +198,19 @@ def test_a_graceful_stop_while_the_first_process_forks_ends_at_once() -> Any:
     seconds = yield stopped_in_time(service.stopService(), pids)
     assert seconds < STOP_WITHIN
     assert not pid_alive(pids[0])
+
+
+@pytest.mark.usefixtures("held_between_fork_and_exec")
+@pytest_twisted.inlineCallbacks
+def test_a_child_not_exec_yet_is_not_taken_for_an_app_on_the_wrong_port() -> Any:
+    """Held past the first wrong-port check (0.2 s), the child still holds the server's listening sockets."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # as the server's own port
+        app = load_config(**settings(f"{APP_PYTHON} echo_app.py")).apps[0]
+        observer = Observer()
+        process = Spawner(_reactor()).spawn(app, 1, observer)
+        try:
+            yield until(lambda: observer.events, 20, "the spawn to end")
+        finally:
+            stop = process.stop()
+        assert observer.events == ["ready"], f"{observer.events} (the server listens on {listening.getsockname()})"
+        yield stopped_in_time(stop, [process.pid] if process.pid else [])

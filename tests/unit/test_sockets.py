@@ -19,6 +19,7 @@ from passenger.spawn.sockets import (
     decode_endpoint,
     describe_wrong_listen,
     listening_ports,
+    not_exec_yet,
     parse_listen_rows,
 )
 from tests.polling import wait_for
@@ -195,6 +196,18 @@ def test_fake_tree_shared_socket_belongs_to_the_topmost_holder(tmp_path: Path) -
     fake_process(tmp_path, 201, 200, [167106], [], tcp)
     assert listening_ports(200, proc=str(tmp_path)) == [Listening("tcp", "127.0.0.1", 3000, 200)]
     assert listening_ports(201, proc=str(tmp_path)) == [Listening("tcp", "127.0.0.1", 3000, 201)]
+
+
+def test_a_child_not_exec_yet_runs_its_parents_command_line(tmp_path: Path) -> None:
+    fake_process(tmp_path, 300, 1, [167106], [301])
+    fake_process(tmp_path, 301, 300, [167106], [])
+    fake_process(tmp_path, 302, 300, [], [])
+    (tmp_path / "300" / "cmdline").write_bytes(b"python\0twistd\0passenger\0")
+    (tmp_path / "301" / "cmdline").write_bytes(b"python\0twistd\0passenger\0")  # forked, not exec'd yet
+    (tmp_path / "302" / "cmdline").write_bytes(b"/bin/sh\0-c\0python3 app.py\0")
+    assert not_exec_yet(301, 300, proc=str(tmp_path))
+    assert not not_exec_yet(302, 300, proc=str(tmp_path))
+    assert not not_exec_yet(303, 300, proc=str(tmp_path)), "gone: looked at as it is"
 
 
 def test_missing_or_unreadable_entries_never_raise(tmp_path: Path) -> None:
