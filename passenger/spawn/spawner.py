@@ -317,8 +317,11 @@ class Spawner:
         handshake: Handshake | None = None
 
         def ended(reason: Failure) -> None:
-            if handshake is not None:
-                handshake.exited(reason)
+            try:
+                if handshake is not None:
+                    handshake.exited(reason)
+            except Exception:  # a report that could not be made must not keep the process from ending
+                self.log.failure("Could not report the end of process {pid} of {app}", pid=process.pid, app=app.name)
             process.exited(reason)
 
         protocol = AppProcessProtocol(app.name, ended)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from passenger.spawn import ports as ports_module
@@ -70,6 +71,26 @@ def test_exit_stops_a_probe_waiting_to_retry() -> None:
     reactor.advance(1)
     assert len(reactor.tcpClients) == 1
     assert observer.events == [("failed", process, "exited before it was ready: exited with status 2")]
+
+
+def test_a_process_ends_even_when_its_failure_report_cannot_be_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its stop waits for it to be dead: an error while reporting must not leave it short of that."""
+    from passenger.spawn import spawner as spawner_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "the work directory cannot be read")
+
+    monkeypatch.setattr(spawner_module.Handshake, "_report", broken)
+    reactor, spawner = make()
+    process = spawner.spawn(make_app(), 1, RecordingObserver())
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        reactor.spawned[0].transport.end(code=2)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert process.state == "dead"
+    assert any("Could not report the end of process" in str(e.get("log_format")) for e in logged)
 
 
 def test_start_timeout_stops_the_probe() -> None:
