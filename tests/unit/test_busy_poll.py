@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from passenger.reactor import PassengerEPollReactor
+from passenger.reactor import YIELD_AFTER, PassengerEPollReactor
 
 STEP = 2.0**-13  # seconds the fake clock moves at each reading (about 122 us; exact in binary)
 
@@ -121,3 +121,79 @@ def test_without_a_timer_it_sleeps_without_limit_after_the_spin(reactor) -> None
     after_a_busy_pass(made, poller)
     made.doPoll(None)
     assert poller.timeouts == [0, 0, -1]
+
+
+# Giving way: after YIELD_AFTER of passes without a sleep, other processes on the CPU run (sched_yield).
+class SleepingPoller:
+    """Answers every poll with an event; a poll ``sleeps`` (moves the clock) when told to."""
+
+    def __init__(self, real: select.epoll, clock: ManualClock) -> None:
+        self.real = real
+        self.clock = clock
+        self.sleep_next = 0.0
+
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
+        self.clock.now += self.sleep_next
+        self.sleep_next = 0.0
+        return EVENT
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def giving_way() -> Iterator[tuple[PassengerEPollReactor, SleepingPoller, ManualClock, list[float]]]:
+    made = PassengerEPollReactor()
+    clock = ManualClock()
+    poller = SleepingPoller(made._poller, clock)
+    made._poller = poller  # type: ignore[assignment]
+    made.busy_clock = clock
+    yielded: list[float] = []
+    made.give_way = lambda: yielded.append(clock.now)
+    yield made, poller, clock, yielded
+    made._poller = poller.real
+    poller.close()
+
+
+def busy_passes(made: PassengerEPollReactor, clock: ManualClock, count: int, each: float) -> None:
+    """``count`` passes back to back, each taking ``each`` seconds (the work between two polls)."""
+    for _ in range(count):
+        made.doPoll(1.0)
+        clock.now += each
+
+
+def test_passes_without_a_sleep_give_way_every_yield_after(giving_way) -> None:  # type: ignore[no-untyped-def]
+    made, poller, clock, yielded = giving_way
+    poller.sleep_next = 0.001
+    made.doPoll(1.0)  # it slept: busy from here
+    start = clock.now
+    busy_passes(made, clock, 10, 0.26 * YIELD_AFTER)
+    assert [(t - start) / YIELD_AFTER for t in yielded] == [pytest.approx(1.04), pytest.approx(2.08)]
+
+
+def test_a_poll_that_sleeps_starts_the_count_again(giving_way) -> None:  # type: ignore[no-untyped-def]
+    made, poller, clock, yielded = giving_way
+    poller.sleep_next = 0.001
+    made.doPoll(1.0)
+    busy_passes(made, clock, 3, 0.26 * YIELD_AFTER)
+    poller.sleep_next = 0.001  # the CPU was free: whoever waited for it has run
+    busy_passes(made, clock, 3, 0.26 * YIELD_AFTER)
+    assert yielded == []
+
+
+def test_a_spin_is_not_a_sleep(giving_way) -> None:  # type: ignore[no-untyped-def]
+    made, poller, clock, yielded = giving_way
+    made.busy_poll = 0.01
+    made.spin_clock = SteppingClock()
+    poller.sleep_next = 0.001
+    made.doPoll(1.0)
+    busy_passes(made, clock, 5, 0.26 * YIELD_AFTER)  # each poll after the first spins (and finds an event)
+    assert len(yielded) == 1
