@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.application.service import MultiService
-from twisted.internet import task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -39,7 +38,7 @@ from twisted.web.server import Site
 from passenger.config import ConfigError
 from passenger.embed import AppPoolResource, PassengerService, load_config
 from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, free_port, kill_server, pid_alive, world_dir
-from tests.polling import wait_for
+from tests.polling import until, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -383,21 +382,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> Deferred[None]:
-    """Fires once ``predicate()`` is true (polled on the reactor); fails at the deadline."""
-    reactor = _reactor()
-    deadline = reactor.seconds() + timeout
-
-    @inlineCallbacks
-    def poll() -> Generator[Deferred[Any], Any, None]:
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-            yield task.deferLater(reactor, 0.02, lambda: None)
-
-    return poll()
 
 
 class Collect(Protocol):

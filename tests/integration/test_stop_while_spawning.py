@@ -26,13 +26,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import task
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from passenger.embed import PassengerService, load_config
 from passenger.pool.process import AppProcess
 from passenger.spawn.spawner import Spawner
 from tests.integration.conftest import APP_PYTHON, APPS, pid_alive, world_dir
+from tests.polling import until
 
 #: The default: a stop that has to wait for the KILL takes this long.
 SHUTDOWN_TIMEOUT = 30.0
@@ -103,20 +103,6 @@ class Observer:
 
     def process_exited(self, process: AppProcess, reason: str) -> None:
         self.events.append("exited: " + reason)
-
-
-def until(predicate: Any, timeout: float, what: str) -> Deferred[None]:
-    reactor = _reactor()
-    deadline = reactor.seconds() + timeout
-
-    @inlineCallbacks
-    def poll() -> Generator[Deferred[Any], Any, None]:
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            yield task.deferLater(reactor, 0.02, lambda: None)
-
-    return poll()
 
 
 def settings(command: str, **more: Any) -> dict[str, Any]:
