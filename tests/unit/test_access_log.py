@@ -39,6 +39,18 @@ def test_upstream_time_is_rounded_to_milliseconds_or_a_dash(tmp_path: Path) -> N
     assert times == [b"-", b"0.000", b"0.000", b"0.001", b"1.235", b"61.000", b"0.000"]
 
 
+def test_every_status_is_written_as_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), Clock())
+    statuses = [101, 200, 404, 502, 599, 600, 999]
+    for status in statuses:
+        log.log(b"127.0.0.1", b"GET", b"/", "1.1", status, 0, [], b"rid", 0.001, NOW)
+        log.log(b"127.0.0.1", b"GET", b"/", "1.1", status, 0, [], b"rid", None, NOW)
+    log.close()
+    written = [int(ln.split(b'" ', 1)[1].split()[0]) for ln in path.read_bytes().splitlines()]
+    assert written == [status for status in statuses for _ in range(2)]
+
+
 def test_a_full_buffer_is_written_without_waiting_for_the_flush(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog(str(path), Clock())
