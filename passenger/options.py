@@ -659,8 +659,9 @@ SETTINGS: tuple[Setting, ...] = (
             details="After a burst of work the server polls for more without sleeping, for at most this many "
             "microseconds, before it sleeps until the next event. On a virtual machine every wake-up of a "
             "sleeping process costs tens of microseconds, on both sides; under steady load this takes them off "
-            "the request path (at half of the maximum rate, `bench/compare_bench.py` measured the p99 0.4 to 0.6 ms "
-            "lower with `500` in most runs, and no lower in runs where the machine was busier). It costs CPU while "
+            "the request path (at half of the maximum rate, `bench/compare_bench.py` measured the p99 0.05 to 0.15 ms "
+            "lower with `500`, and no lower in runs where the machine was busier; 0.4 to 0.6 ms before the server "
+            "began giving way to the apps on its CPU, see `operations.md`). It costs CPU while "
             "traffic comes in bursts: up to this long after each "
             "one. An idle server sleeps at once. Needs the server's own reactor (`twistd passenger` installs "
             "it); with another, the setting is ignored with a warning."),
