@@ -11,8 +11,9 @@ path; the classes' methods call them.
 
 The functions keep Twisted's behaviour to the letter where they stand in for
 it: a read event alone on one of the transports in ``EAGER`` is handled as
-``_doReadOrWrite`` handles it (every other event still goes there), and what the kernel does not take goes to Twisted's own queue
-(``_queue_pieces``/``_queue_bytes``, the transport's ``super()`` methods).
+``_doReadOrWrite`` handles it (every other event still goes there), and what
+the kernel does not take goes to Twisted's own queue (``_queue_pieces``/
+``_queue_bytes``, the transport's ``super()`` methods).
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def read(transport: Any) -> Any:
 
 
 def send_corked(reactor: Any) -> None:
-    """Send what the transports held during the pass (sending cannot hold more: no pass runs)."""
+    """Send what the transports held so far in the pass (at its end, and before its client reads).
+
+    The list is taken first: a write made while sending (a producer told to pause, say) before the
+    client reads is held in a new one for the end of the pass; at the end, the pass is over
+    (``dispatching`` is off) and such a write goes at once."""
     corked: list[Any] = reactor.corked
     if corked:
         reactor.corked = []
