@@ -21,6 +21,7 @@ COMPILED = [
     "passenger/http/headers.py",
     "passenger/http/response_buffer.py",
     "passenger/http/upstream.py",
+    "passenger/http/uring.py",
     "passenger/pool/routing.py",
     "passenger/pool/stats.py",
 ]

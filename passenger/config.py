@@ -129,6 +129,8 @@ class ServerConfig:
     send_timeout: float = 60.0
     #: Microseconds to poll without sleeping after handling events (0: off; PassengerEPollReactor only).
     busy_poll: int = 0
+    #: Send the writes of a reactor pass through an io_uring, in one system call (PassengerEPollReactor only).
+    io_uring: bool = True
     #: Where the instance directory is made (None: the temp directory).
     instance_registry_dir: str | None = None
     #: Extra endpoints for the admin API (basic auth).

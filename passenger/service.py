@@ -81,6 +81,8 @@ class PassengerService(Service):
         self._previous_handlers: dict[int, Any] = {}
         self._log_file: BaseLogFile | None = None
         self._fast = False
+        #: The kernel's refusal of io_uring was logged (it is not repeated at each reload).
+        self._io_uring_refused = False
         #: The instance directory, the admin API, hooks.
         self.admin = AdminServer(self)
         #: Requests served outside the front end (embedding: AppPoolResource.drain): each callable returns a
@@ -128,7 +130,7 @@ class PassengerService(Service):
         self.log.info("passenger {version} serving {apps} on {listen}",
                       version=__version__, apps=apps, listen=", ".join(self.config.listen))
         self.admin.start()
-        self._set_busy_poll()
+        self._tune_reactor()
         self.pool.start()
         for group in self.pool.groups.values():
             self._watch(group)
@@ -136,8 +138,8 @@ class PassengerService(Service):
             self._install_signal_handlers()
             self._raise_open_files_limit()
 
-    def _set_busy_poll(self) -> None:
-        """Hand ``busy_poll`` to the reactor, which only PassengerEPollReactor understands."""
+    def _tune_reactor(self) -> None:
+        """Hand ``busy_poll`` and ``io_uring`` to the reactor, which only PassengerEPollReactor understands."""
         wanted = self.config.busy_poll
         if hasattr(self.reactor, "busy_poll"):
             self.reactor.busy_poll = wanted / 1e6
@@ -145,6 +147,12 @@ class PassengerService(Service):
             self.log.warn("busy_poll ({usec} us) is ignored: it needs passenger's epoll reactor, not {reactor} "
                           "(twistd passenger installs it; twist --reactor=passenger-epoll)",
                           usec=wanted, reactor=type(self.reactor).__name__)
+        if hasattr(self.reactor, "use_io_uring"):
+            refused = self.reactor.use_io_uring(self.config.io_uring)
+            if refused and not self._io_uring_refused:
+                self._io_uring_refused = True
+                self.log.info("io_uring is unavailable ({why}): each socket's writes are sent by a call of their "
+                              "own", why=refused)
 
     def _raise_open_files_limit(self) -> None:
         """Take the hard limit of open files, as nginx's ``worker_rlimit_nofile``: every client connection,
@@ -218,7 +226,7 @@ class PassengerService(Service):
         self.config = attrs.evolve(new, listen=self.config.listen, admin_listen=self.config.admin_listen,
                                    instance_registry_dir=self.config.instance_registry_dir)
         self.admin.reconfigure()
-        self._set_busy_poll()
+        self._tune_reactor()
         self.front.router = self._router()
         self.front.configure(self.config)
         pool.rebalance()

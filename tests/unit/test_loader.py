@@ -982,7 +982,8 @@ def test_server_settings() -> None:
                                                 "socket_backlog", "access_log", "ssl", "ssl_certificate",
                                                 "ssl_certificate_key", "ssl_port", "data_buffer_dir",
                                                 "response_buffer_high_watermark", "send_timeout",
-                                                "instance_registry_dir", "admin_listen", "hooks", "busy_poll"}
+                                                "instance_registry_dir", "admin_listen", "hooks", "busy_poll",
+                                                "io_uring"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
@@ -1021,6 +1022,13 @@ def test_busy_poll_reaches_the_server_config(tmp_path: Path) -> None:
     assert build_config({}, path).busy_poll == 500
     assert parse("--app-start-command", "true", "--busy-poll", "250")["config"].busy_poll == 250
     assert parse("--app-start-command", "true")["config"].busy_poll == 0
+
+
+def test_io_uring_is_on_unless_turned_off(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f'io_uring = false\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
+    assert build_config({}, path).io_uring is False
+    assert parse("--app-start-command", "true", "--no-io-uring")["config"].io_uring is False
+    assert parse("--app-start-command", "true")["config"].io_uring is True
 
 
 def test_whole() -> None:
