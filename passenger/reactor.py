@@ -54,9 +54,12 @@ from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
+from twisted.logger import Logger
 
 from passenger.http.fastpath import run_pass
 from passenger.http.uring import Ring, open_ring
+
+_log = Logger()
 
 #: Seconds of passes without a sleep after which the server lets other processes on its CPU run.
 YIELD_AFTER = 0.0004
@@ -129,6 +132,13 @@ class PassengerEPollReactor(EPollReactor):
         return self._sleep(-1 if timeout is None else max(timeout - waited, 0.0), maxevents)
 
     doIteration = doPoll
+
+    def ring_failed(self, error: OSError) -> None:
+        """The io_uring refused a submit (nothing of it was sent): send a call per socket from now on."""
+        _log.error("io_uring failed ({error}); the server sends a call per socket from now on", error=error)
+        ring, self.ring = self.ring, None
+        if ring is not None:
+            ring.close()
 
     def use_io_uring(self, wanted: bool) -> str | None:
         """Make each pass's sends in one system call through an io_uring (``passenger.http.uring``), or

@@ -121,14 +121,14 @@ def send_corked(reactor: Any) -> None:
             for transport in corked:
                 uncork(transport)
         else:
-            send_through(ring, corked)
+            send_through(reactor, ring, corked)
 
 
-def send_through(ring: Any, corked: list[Any]) -> None:
+def send_through(reactor: Any, ring: Any, corked: list[Any]) -> None:
     """``uncork`` for each of ``corked``, with the sends staged in ``ring`` and made together; a send
     too large for it goes at once (each socket's bytes still leave in order)."""
     staged: list[tuple[Any, list[bytes]]] = []
-    for transport in corked:
+    for index, transport in enumerate(corked):
         pieces: list[bytes] | None = transport._corked
         transport._corked = None
         if not pieces:
@@ -139,21 +139,34 @@ def send_through(ring: Any, corked: list[Any]) -> None:
         size: int = transport._corked_size
         if not ring.add(transport.socket.fileno(), pieces, size):
             if ring.staged:
-                settle(staged, ring.submit())
+                if not submit(reactor, ring, staged):  # the ring is gone: the rest go a call each
+                    send(transport, pieces)
+                    for rest in corked[index + 1:]:
+                        uncork(rest)
+                    return
                 staged = []
             if not ring.add(transport.socket.fileno(), pieces, size):
                 send(transport, pieces)
                 continue
         staged.append((transport, pieces))
     if staged:
-        settle(staged, ring.submit())
+        submit(reactor, ring, staged)
 
 
-def settle(staged: list[tuple[Any, list[bytes]]], results: list[int]) -> None:
-    """What each staged send did: the bytes the kernel did not take go to Twisted's queue (an error
-    counts as nothing sent, as in ``send_one``)."""
+def submit(reactor: Any, ring: Any, staged: list[tuple[Any, list[bytes]]]) -> bool:
+    """Make the staged sends; the bytes the kernel did not take go to Twisted's queue (an error counts
+    as nothing sent, as in ``send_one``).  If the ring itself fails, the reactor gives it up (it logs
+    why) and the staged sends are made a call each instead; False then."""
+    try:
+        results: list[int] = ring.submit()
+    except OSError as error:
+        reactor.ring_failed(error)
+        for transport, pieces in staged:
+            send(transport, pieces)
+        return False
     for (transport, pieces), result in zip(staged, results, strict=True):
         queue_unsent(transport, pieces, result if result > 0 else 0)
+    return True
 
 
 # Writes.

@@ -145,10 +145,14 @@ class Ring:
         return results
 
     def close(self) -> None:
+        """Unmap the rings and close the descriptor (again: nothing)."""
+        if self.fd < 0:
+            return
         self._view.release()
         self._sqes.close()
         self._ring.close()
         os.close(self.fd)
+        self.fd = -1
 
 
 def open_ring(entries: int = ENTRIES) -> Ring:

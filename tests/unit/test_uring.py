@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from passenger.http import uring
@@ -308,3 +309,50 @@ def test_a_refused_io_uring_is_reported_and_leaves_no_ring(monkeypatch: pytest.M
         assert reactor.ring is None
     finally:
         reactor._poller.close()
+
+
+class Failing(Counting):
+    """The reactor's ring, whose submits fail as a dying ring's would."""
+
+    def submit(self) -> list[int]:
+        self.counts.append(self.ring.staged)
+        raise OSError(errno.ENXIO, "No such device or address")
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+def test_a_ring_that_fails_is_given_up_and_nothing_is_lost(two_clients: Any) -> None:
+    reactor, (one, two), (client_one, client_two) = two_clients
+    failing = Failing(reactor.ring)
+    reactor.ring = failing
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+
+    def script(transport: Any) -> None:
+        one.write(b"first")
+        two.write(b"second")
+
+    reactor.script_factory.script = script
+    try:
+        client_one.sendall(b"go")
+        turn_until(reactor, lambda: failing.counts)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert failing.counts == [2]
+    assert reactor.ring is None, "the reactor gave the ring up"
+    assert failing.ring.fd == -1, "and closed it"
+    assert read_now(client_one) == b"first", "the staged sends went a call each"
+    assert read_now(client_two) == b"second"
+    errors = [formatEvent(event) for event in logged if event.get("log_level") == LogLevel.error]
+    assert errors == ["io_uring failed ([Errno 6] No such device or address); the server sends a call per "
+                      "socket from now on"]
+
+    def later(transport: Any) -> None:
+        one.write(b"third")
+        two.write(b"fourth")
+
+    reactor.script_factory.script = later
+    client_two.sendall(b"again")
+    turn_until(reactor, lambda: read_now(client_one) == b"third")
+    assert read_now(client_two) == b"fourth"
