@@ -356,3 +356,33 @@ def test_a_ring_that_fails_is_given_up_and_nothing_is_lost(two_clients: Any) -> 
     client_two.sendall(b"again")
     turn_until(reactor, lambda: read_now(client_one) == b"third")
     assert read_now(client_two) == b"fourth"
+
+
+def test_the_service_says_once_that_the_kernel_refused_io_uring(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from passenger import reactor as reactor_module
+    from passenger.service import PassengerService
+    from tests.unit.cli import parse
+
+    refusals: list[int] = []
+
+    def refuse(entries: int = uring.ENTRIES) -> Ring:
+        refusals.append(entries)
+        raise OSError(errno.EPERM, "io_uring_setup: Operation not permitted")
+
+    monkeypatch.setattr(reactor_module, "open_ring", refuse)
+    reactor = reactor_module.PassengerEPollReactor()
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        service = PassengerService(parse("--app-start-command", "true")["config"], reactor=reactor)
+        service._tune_reactor()
+        service._tune_reactor()  # as a reload does
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        reactor._poller.close()
+    assert len(refusals) == 2, "asked again at the reload"
+    assert reactor.ring is None
+    said = [formatEvent(event) for event in logged if "io_uring" in formatEvent(event)]
+    assert said == ["io_uring is unavailable (io_uring_setup: Operation not permitted): each socket's writes are "
+                    "sent by a call of their own"]
