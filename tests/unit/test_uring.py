@@ -102,7 +102,9 @@ def test_what_the_ring_cannot_hold_is_refused() -> None:
     a, peer = pair()
     with a, peer:
         try:
-            assert not small.add(a.fileno(), [b"z" * (LARGEST + 1)], LARGEST + 1), "too large to be worth a copy"
+            half = b"z" * (LARGEST // 2 + 1)
+            assert not small.add(a.fileno(), [half, half], 2 * len(half)), "too large to be worth joining"
+            assert small.staged == 0
             for _ in range(small.capacity):
                 assert small.add(a.fileno(), [b"z"], 1)
             assert not small.add(a.fileno(), [b"z"], 1), "every entry is taken"
@@ -110,16 +112,18 @@ def test_what_the_ring_cannot_hold_is_refused() -> None:
             assert peer.recv(10) == b"z" * small.capacity
         finally:
             small.close()
-    staged = a_ring()
-    b, b_peer = pair()
-    with b, b_peer:
-        try:
-            fits = uring.STAGING // LARGEST
-            for _ in range(fits):
-                assert staged.add(b.fileno(), [b"w" * LARGEST], LARGEST)
-            assert not staged.add(b.fileno(), [b"w"], 1), "the staging buffer is full"
-        finally:
-            staged.close()
+
+
+def test_one_large_piece_is_sent_from_where_it_lies(ring: Ring) -> None:
+    a, peer = pair()
+    with a, peer:
+        large = os.urandom(3 * LARGEST)
+        assert ring.add(a.fileno(), [large], len(large))
+        assert ring.add(a.fileno(), [bytearray(b"then a bytearray")], 16)
+        assert ring.add(a.fileno(), [memoryview(b"and a view")], 10)
+        assert ring.submit() == [len(large), 16, 10]
+        a.close()
+        assert read_to_end(peer) == large + b"then a bytearray" + b"and a view"
 
 
 # The reactor's pass, sending through the ring.
