@@ -673,7 +673,7 @@ SETTINGS: tuple[Setting, ...] = (
             "to the apps. One system call per socket handed the CPU to each peer it woke on the server's CPU "
             "(a client, an app process) as that call returned, so the peer took its responses one at a time "
             "between the server's sends; through an io_uring they all leave before the call returns "
-            "(`bench/compare_bench.py`'s latency scenario: p99 0.03 to 0.1 ms and p50 0.04 ms lower at half the "
+            "(`bench/compare_bench.py`'s latency scenario: p99 0.03 to 0.15 ms and p50 0.04 to 0.05 ms lower at half the "
             "maximum rate, the same CPU at full load). Where the kernel refuses io_uring (older than 5.18, a seccomp profile, "
             "`kernel.io_uring_disabled`) the server logs why once and sends one call per socket. `--no-io-uring` "
             "(`io_uring = false`) turns it off. Needs the server's own reactor (`twistd passenger` installs it)."),
