@@ -171,7 +171,9 @@ def test_queue_full_error(serve: Serve, tmp_path: Path) -> None:
 
 def test_a_failing_hook_is_logged_and_the_server_keeps_serving(serve: Serve, tmp_path: Path) -> None:
     command = "echo hook says no; echo hook complains >&2; exit 7"
-    server, admin, _ = start(serve, {"attached_process": command})
+    # One process at most: with its concurrency unknown, a busy process makes the pool grow (group.wants_process),
+    # and a second process ready in time would make the one to detach ambiguous.
+    server, admin, _ = start(serve, {"attached_process": command}, "--max-instances", "1")
     [failed] = server.wait_log(r"Hook attached_process \((.*)\) failed: (.*exit code 7.*)\n")
     assert failed.group(1) == command
     log = server.log()
@@ -214,7 +216,7 @@ def kill_all(pids: Path) -> None:
 def test_a_hook_that_never_ends_blocks_nothing(serve: Serve, tmp_path: Path) -> None:
     command, pids = hung_hook(tmp_path)
     try:
-        server, admin, _ = start(serve, {"attached_process": command})
+        server, admin, _ = start(serve, {"attached_process": command}, "--max-instances", "1")  # as above
         [hook] = wait_for(lambda: hung_pids(pids), 10, what="the hook to start")
         assert pid_alive(hook)
         started = time.monotonic()
