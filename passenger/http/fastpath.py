@@ -156,13 +156,18 @@ def send_through(reactor: Any, ring: Any, corked: list[Any]) -> None:
 def submit(reactor: Any, ring: Any, staged: list[tuple[Any, list[bytes]]]) -> bool:
     """Make the staged sends; the bytes the kernel did not take go to Twisted's queue (an error counts
     as nothing sent, as in ``send_one``).  If the ring itself fails, the reactor gives it up (it logs
-    why) and the staged sends are made a call each instead; False then."""
+    why) and the staged sends are made a call each instead, or, if the ring had taken them, their
+    connections are aborted; False then."""
     try:
         results: list[int] = ring.submit()
     except OSError as error:
+        lost: bool = ring.lost_sends
         reactor.ring_failed(error)
         for transport, pieces in staged:
-            send(transport, pieces)
+            if lost:
+                transport.abortConnection()  # how much of it went out is unknown: its stream cannot go on
+            else:
+                send(transport, pieces)
         return False
     for (transport, pieces), result in zip(staged, results, strict=True):
         queue_unsent(transport, pieces, result if result > 0 else 0)

@@ -97,6 +97,8 @@ class Ring:
         #: What the staged sends point at: kept alive until ``submit`` returns.
         self._held: list[bytes] = []
         self.staged = 0
+        #: A submit failed after the kernel took its sends (see ``submit``).
+        self.lost_sends = False
 
     def add(self, fd: int, pieces: Sequence[Any], size: int) -> bool:
         """Stage the send of ``pieces`` (``size`` bytes in all) to ``fd``; False if it does not fit
@@ -114,7 +116,11 @@ class Ring:
         return True
 
     def submit(self) -> list[int]:
-        """Make the staged sends; each one's bytes sent (or minus its errno), in the order staged."""
+        """Make the staged sends; each one's bytes sent (or minus its errno), in the order staged.
+
+        OSError: the ring itself failed, before it took any of them (they can be sent another way), or
+        after (``lost_sends`` is then set: how much of each went out is unknown).  Either way, close
+        the ring (the reactor does, ``ring_failed``)."""
         count = self.staged
         if not count:
             return []
@@ -129,6 +135,7 @@ class Ring:
             if entered < 0:
                 error = ctypes.get_errno()
                 if error != errno.EINTR:
+                    self.lost_sends = not to_submit  # an error return takes nothing
                     raise OSError(error, os.strerror(error))
             else:
                 to_submit = 0  # SUBMIT_ALL: every entry was taken, and each one completes

@@ -181,6 +181,7 @@ class Counting:
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
         self.counts: list[int] = []
+        self.lost_sends = False
 
     @property
     def staged(self) -> int:
@@ -390,3 +391,31 @@ def test_the_service_says_once_that_the_kernel_refused_io_uring(
     said = [formatEvent(event) for event in logged if "io_uring" in formatEvent(event)]
     assert said == ["io_uring is unavailable (io_uring_setup: Operation not permitted): each socket's writes are "
                     "sent by a call of their own"]
+
+
+class LostAfterTaking(Failing):
+    """The reactor's ring, failing after the kernel took the sends (their fate unknown)."""
+
+    def submit(self) -> list[int]:
+        self.counts.append(self.ring.staged)
+        self.ring.submit()  # they go out...
+        self.lost_sends = True  # ...but the ring cannot say so
+        raise OSError(errno.ENXIO, "No such device or address")
+
+
+def test_sends_whose_fate_the_ring_lost_abort_their_connections_rather_than_repeat(two_clients: Any) -> None:
+    reactor, (one, two), (client_one, client_two) = two_clients
+    lost = LostAfterTaking(reactor.ring)
+    reactor.ring = lost
+
+    def script(transport: Any) -> None:
+        one.write(b"first")
+        two.write(b"second")
+
+    reactor.script_factory.script = script
+    client_one.sendall(b"go")
+    turn_until(reactor, lambda: lost.counts)
+    assert reactor.ring is None
+    turn_until(reactor, lambda: one.disconnected and two.disconnected)
+    assert read_to_end(client_one) == b"first", "sent once, then the connection ends"
+    assert read_to_end(client_two) == b"second"
