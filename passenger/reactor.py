@@ -134,11 +134,10 @@ class PassengerEPollReactor(EPollReactor):
     doIteration = doPoll
 
     def ring_failed(self, error: OSError) -> None:
-        """The io_uring refused a submit (nothing of it was sent): send a call per socket from now on."""
+        """A submit of the io_uring failed (``fastpath.submit`` settles its sends): send a call per socket
+        from now on."""
         _log.error("io_uring failed ({error}); the server sends a call per socket from now on", error=error)
-        ring, self.ring = self.ring, None
-        if ring is not None:
-            ring.close()
+        self.use_io_uring(False)
 
     def use_io_uring(self, wanted: bool) -> str | None:
         """Make each pass's sends in one system call through an io_uring (``passenger.http.uring``), or

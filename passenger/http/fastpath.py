@@ -126,29 +126,21 @@ def send_corked(reactor: Any) -> None:
 
 def send_through(reactor: Any, ring: Any, corked: list[Any]) -> None:
     """``uncork`` for each of ``corked``, with the sends staged in ``ring`` and made together; a send
-    too large for it goes at once (each socket's bytes still leave in order)."""
+    the ring does not take (several pieces too large to join) goes at once, and if the ring fails,
+    the rest go a call each (each socket's bytes still leave in order)."""
     staged: list[tuple[Any, list[bytes]]] = []
-    for index, transport in enumerate(corked):
-        pieces: list[bytes] | None = transport._corked
-        transport._corked = None
-        if not pieces:
+    for transport in corked:
+        pieces = to_send(transport)
+        if pieces is None:
             continue
-        if transport.producer is not None and not transport.streamingProducer:
-            transport._queue_pieces(pieces)
-            continue
-        size: int = transport._corked_size
-        if not ring.add(transport.socket.fileno(), pieces, size):
-            if ring.staged:
-                if not submit(reactor, ring, staged):  # the ring is gone: the rest go a call each
-                    send(transport, pieces)
-                    for rest in corked[index + 1:]:
-                        uncork(rest)
-                    return
-                staged = []
-            if not ring.add(transport.socket.fileno(), pieces, size):
-                send(transport, pieces)
-                continue
-        staged.append((transport, pieces))
+        if ring is not None and ring.staged >= ring.capacity:  # full: make what it holds first
+            if not submit(reactor, ring, staged):
+                ring = None
+            staged = []
+        if ring is not None and ring.add(transport.socket.fileno(), pieces, transport._corked_size):
+            staged.append((transport, pieces))
+        else:
+            send(transport, pieces)
     if staged:
         submit(reactor, ring, staged)
 
@@ -217,7 +209,15 @@ def take(transport: Any, pieces: Sequence[bytes], size: int) -> None:
 
 
 def uncork(transport: Any) -> None:
-    """The reactor's pass is over (or the transport must act now): send what it held.
+    """The reactor's pass is over (or the transport must act now): send what it held."""
+    pieces = to_send(transport)
+    if pieces is not None:
+        send(transport, pieces)
+
+
+def to_send(transport: Any) -> list[bytes] | None:
+    """Take what the transport held: the pieces to send now, or None (nothing held, or Twisted's
+    queue took them).
 
     ``take`` found nothing queued when it began to hold, and nothing since can have queued
     bytes or closed the connection without handling what is held first: ``loseConnection``
@@ -227,11 +227,12 @@ def uncork(transport: Any) -> None:
     producer for more once they are out."""
     pieces: list[bytes] | None = transport._corked
     transport._corked = None
-    if pieces:
-        if transport.producer is not None and not transport.streamingProducer:
-            transport._queue_pieces(pieces)
-        else:
-            send(transport, pieces)
+    if not pieces:
+        return None
+    if transport.producer is not None and not transport.streamingProducer:
+        transport._queue_pieces(pieces)
+        return None
+    return pieces
 
 
 def send(transport: Any, pieces: Sequence[bytes]) -> None:

@@ -187,6 +187,10 @@ class Counting:
     def staged(self) -> int:
         return self.ring.staged
 
+    @property
+    def capacity(self) -> int:
+        return self.ring.capacity
+
     def add(self, fd: int, pieces: Any, size: int) -> bool:
         return self.ring.add(fd, pieces, size)
 
@@ -419,3 +423,25 @@ def test_sends_whose_fate_the_ring_lost_abort_their_connections_rather_than_repe
     turn_until(reactor, lambda: one.disconnected and two.disconnected)
     assert read_to_end(client_one) == b"first", "sent once, then the connection ends"
     assert read_to_end(client_two) == b"second"
+
+
+def test_a_full_ring_makes_its_sends_before_it_takes_more(two_clients: Any) -> None:
+    reactor, (one, two), (client_one, client_two) = two_clients
+    own = reactor.ring
+    small = Counting(a_ring(1))  # one entry: the second socket's send waits for the first submit
+    reactor.ring = small
+
+    def script(transport: Any) -> None:
+        one.write(b"to one")
+        two.write(b"to two")
+
+    reactor.script_factory.script = script
+    try:
+        client_one.sendall(b"go")
+        turn_until(reactor, lambda: len(small.counts) == 2)
+    finally:
+        reactor.ring = own
+        small.ring.close()
+    assert small.counts == [1, 1]
+    assert read_now(client_one) == b"to one"
+    assert read_now(client_two) == b"to two"
