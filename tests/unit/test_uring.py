@@ -206,18 +206,25 @@ def counting_submits(reactor: Any) -> list[int]:
     return counting.counts
 
 
+def in_a_pass(reactor: Any, client: socket.socket, writes: list[tuple[Any, Any]], done: Any) -> None:
+    """Make ``writes`` ((transport, bytes, or a list of them for ``writeSequence``), in order) in the
+    pass that reads ``client``'s next bytes, then turn the reactor until ``done()``."""
+
+    def script(transport: Any) -> None:
+        for target, data in writes:
+            target.writeSequence(data) if isinstance(data, list) else target.write(data)
+
+    reactor.script_factory.script = script
+    client.sendall(b"go")
+    turn_until(reactor, done)
+
+
 def test_the_writes_of_a_pass_to_several_sockets_leave_in_one_submit(two_clients: Any) -> None:
     reactor, (one, two), (client_one, client_two) = two_clients
     counts = counting_submits(reactor)
 
-    def script(transport: Any) -> None:
-        one.write(b"to one")
-        two.writeSequence([b"to ", b"two"])
-        one.write(b", again")
-
-    reactor.script_factory.script = script
-    client_one.sendall(b"go")
-    turn_until(reactor, lambda: counts)
+    in_a_pass(reactor, client_one, [(one, b"to one"), (two, [b"to ", b"two"]), (one, b", again")],
+              lambda: counts)
     assert counts == [2], "one submit for both sockets"
     assert not reactor.corked
     assert read_now(client_one) == b"to one, again"
@@ -237,14 +244,8 @@ def test_what_the_kernel_does_not_take_is_finished_by_twisted_in_order(two_clien
         pass
     counts = counting_submits(reactor)
 
-    def script(transport: Any) -> None:
-        one.write(b"A" * 5000)
-        one.write(b"B" * 5000)
-        two.write(b"small")
-
-    reactor.script_factory.script = script
-    client_two.sendall(b"go")
-    turn_until(reactor, lambda: counts)
+    in_a_pass(reactor, client_two, [(one, b"A" * 5000), (one, b"B" * 5000), (two, b"small")],
+              lambda: counts)
     assert counts == [2]
     assert one.dataBuffer or one._tempDataLen, "the refused bytes wait in Twisted's queue"
     received = b""
@@ -269,15 +270,8 @@ def test_a_write_too_large_for_the_ring_is_sent_on_its_own(two_clients: Any) -> 
     counts = counting_submits(reactor)
     large = os.urandom(LARGEST + 1000)
 
-    def script(transport: Any) -> None:
-        one.write(b"head ")
-        one.write(large)
-        two.write(b"small")
-        one.write(b" tail")
-
-    reactor.script_factory.script = script
-    client_two.sendall(b"go")
-    turn_until(reactor, lambda: counts)
+    in_a_pass(reactor, client_two, [(one, b"head "), (one, large), (two, b"small"), (one, b" tail")],
+              lambda: counts)
     assert counts == [1], "the small write went through the ring, the large one around it"
     client_one.settimeout(5)
     got = b""
@@ -295,13 +289,8 @@ def test_without_io_uring_the_reactor_has_no_ring(two_clients: Any) -> None:
     with pytest.raises(OSError):
         os.fstat(fd)  # closed
 
-    def script(transport: Any) -> None:
-        one.write(b"one by one")
-        two.write(b"as before")
-
-    reactor.script_factory.script = script
-    client_one.sendall(b"go")
-    turn_until(reactor, lambda: not reactor.dispatching and read_now(client_two) == b"as before")
+    in_a_pass(reactor, client_one, [(one, b"one by one"), (two, b"as before")],
+              lambda: not reactor.dispatching and read_now(client_two) == b"as before")
     assert read_now(client_one) == b"one by one"
 
 
@@ -338,14 +327,9 @@ def test_a_ring_that_fails_is_given_up_and_nothing_is_lost(two_clients: Any) -> 
     logged: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(logged.append)
 
-    def script(transport: Any) -> None:
-        one.write(b"first")
-        two.write(b"second")
-
-    reactor.script_factory.script = script
     try:
-        client_one.sendall(b"go")
-        turn_until(reactor, lambda: failing.counts)
+        in_a_pass(reactor, client_one, [(one, b"first"), (two, b"second")],
+                  lambda: failing.counts)
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert failing.counts == [2]
@@ -357,13 +341,8 @@ def test_a_ring_that_fails_is_given_up_and_nothing_is_lost(two_clients: Any) -> 
     assert errors == ["io_uring failed ([Errno 6] No such device or address); the server sends a call per "
                       "socket from now on"]
 
-    def later(transport: Any) -> None:
-        one.write(b"third")
-        two.write(b"fourth")
-
-    reactor.script_factory.script = later
-    client_two.sendall(b"again")
-    turn_until(reactor, lambda: read_now(client_one) == b"third")
+    in_a_pass(reactor, client_two, [(one, b"third"), (two, b"fourth")],
+              lambda: read_now(client_one) == b"third")
     assert read_now(client_two) == b"fourth"
 
 
@@ -412,13 +391,8 @@ def test_sends_whose_fate_the_ring_lost_abort_their_connections_rather_than_repe
     lost = LostAfterTaking(reactor.ring)
     reactor.ring = lost
 
-    def script(transport: Any) -> None:
-        one.write(b"first")
-        two.write(b"second")
-
-    reactor.script_factory.script = script
-    client_one.sendall(b"go")
-    turn_until(reactor, lambda: lost.counts)
+    in_a_pass(reactor, client_one, [(one, b"first"), (two, b"second")],
+              lambda: lost.counts)
     assert reactor.ring is None
     turn_until(reactor, lambda: one.disconnected and two.disconnected)
     assert read_to_end(client_one) == b"first", "sent once, then the connection ends"
@@ -431,14 +405,9 @@ def test_a_full_ring_makes_its_sends_before_it_takes_more(two_clients: Any) -> N
     small = Counting(a_ring(1))  # one entry: the second socket's send waits for the first submit
     reactor.ring = small
 
-    def script(transport: Any) -> None:
-        one.write(b"to one")
-        two.write(b"to two")
-
-    reactor.script_factory.script = script
     try:
-        client_one.sendall(b"go")
-        turn_until(reactor, lambda: len(small.counts) == 2)
+        in_a_pass(reactor, client_one, [(one, b"to one"), (two, b"to two")],
+                  lambda: len(small.counts) == 2)
     finally:
         reactor.ring = own
         small.ring.close()
