@@ -538,6 +538,14 @@ class ActivatedServer:
     def app_pids(self) -> list[int]:
         return [int(m) for m in re.findall(r"Spawning process (\d+)", self.log())]
 
+    def stopped(self, timeout: float = 30.0) -> int:
+        """The exit status once the server stops; a stop that takes too long fails with its log, which says
+        what the stop waits for (client connections or app processes)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not stop within {timeout:g}s; its log:\n{self.log()[-6000:]}") from None
+
     def kill(self) -> None:
         kill_server(self.proc, self.app_pids())
 
@@ -565,7 +573,7 @@ def test_socket_activated_server_restarts_without_refusing_or_failing_a_request(
         with Load(port, targets, threads=4) as load:
             load.wait_ok(30)
             first.proc.send_signal(signal.SIGTERM)
-            assert first.proc.wait(30) == 0, first.log()
+            assert first.stopped() == 0, first.log()
             assert "every app process has exited" in first.log()
             assert not [p for p in first.app_pids() if pid_exists(p)]
             gap_started = time.monotonic()
@@ -586,7 +594,7 @@ def test_socket_activated_server_restarts_without_refusing_or_failing_a_request(
               f"(longest {max(o.at - o.started for o in waited):.2f}s); restart gap {second_ready - gap_started:.2f}s")
         assert re.search(r"App \d+ stdout: request GET /", second.log())
         second.proc.send_signal(signal.SIGTERM)
-        assert second.proc.wait(30) == 0, second.log()
+        assert second.stopped() == 0, second.log()
     finally:
         for server in servers:
             server.kill()
