@@ -131,6 +131,8 @@ class ServerConfig:
     busy_poll: int = 0
     #: Send the writes of a reactor pass through an io_uring, in one system call (PassengerEPollReactor only).
     io_uring: bool = True
+    #: TCP connections within this host (apps, a local proxy) use Reno instead of the system's congestion control.
+    loopback_reno: bool = True
     #: Where the instance directory is made (None: the temp directory).
     instance_registry_dir: str | None = None
     #: Extra endpoints for the admin API (basic auth).

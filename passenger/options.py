@@ -677,6 +677,19 @@ SETTINGS: tuple[Setting, ...] = (
             "maximum rate, the same CPU at full load). Where the kernel refuses io_uring (older than 5.18, a seccomp profile, "
             "`kernel.io_uring_disabled`) the server logs why once and sends one call per socket. `--no-io-uring` "
             "(`io_uring = false`) turns it off. Needs the server's own reactor (`twistd passenger` installs it)."),
+    Setting("loopback_reno", flag, True, "Leave TCP connections within this host (to the apps, from a proxy on "
+            "the same machine) to the system's congestion control, instead of Reno.",
+            cli="no-loopback-reno", is_flag=True, flag_value=False, scope=_SERVER,
+            passenger=NONE, shown_default="on",
+            details="A TCP connection between two addresses of this host (every connection to an app process, "
+            "and a client on a loopback address, such as a proxy in front on the same machine) uses Reno "
+            "congestion control. Linux gives each socket the system's choice "
+            "(`net.ipv4.tcp_congestion_control`); BBR, a common one, paces every send with a timer, and on a "
+            "connection that never leaves the machine that pacing only costs the sender CPU "
+            "(`bench/compare_bench.py`'s 1 MiB responses under BBR: 350 µs of the server's CPU per response "
+            "and 1,900 responses a second with the system's choice, 190 µs and 2,700 with Reno). Reno never "
+            "paces, and every process may choose it. Connections to and from other hosts keep the system's "
+            "choice. `--no-loopback-reno` (`loopback_reno = false`) leaves every connection to the system."),
     Setting("instance_registry_dir", writable_directory, None, "Where the server makes its private instance "
             "directory (properties, admin passwords, the admin socket) that passenger-status and passenger-config "
             "find. [default: $TMPDIR or /tmp]", scope=_SERVER,

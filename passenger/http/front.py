@@ -32,6 +32,7 @@ from zope.interface import classImplements, implementer
 from passenger import __version__
 from passenger.config import ServerConfig
 from passenger.http.access_log import AccessLog
+from passenger.http.congestion import is_local, use_reno
 from passenger.http.connection import ConnectionProtocol
 from passenger.http.errors import REASONS, error_response, page_response
 from passenger.http.fastpath import write_pieces
@@ -226,6 +227,8 @@ class FrontProtocol(ConnectionProtocol):
             self.local_address = (f"[{address}]" if ":" in address else address).encode("ascii") + b":" + self.local_port
             if hasattr(transport, "setTcpNoDelay"):
                 transport.setTcpNoDelay(True)
+            if factory.loopback_reno and is_local(peer.host, address):
+                use_reno(transport)
         if ISSLTransport.providedBy(transport):
             self.scheme = b"https"
         self.factory.connections.add(self)
@@ -1034,6 +1037,8 @@ class FrontFactory(Factory):
         self.data_buffer_dir = config.data_buffer_dir
         self.response_high_watermark = config.response_buffer_high_watermark
         self.send_timeout = config.send_timeout
+        #: Connections within this host use Reno (``passenger.http.congestion``): clients here, apps there.
+        self.loopback_reno = config.loopback_reno
         if self.access_log is not None and self.access_log.path != config.access_log:
             self.access_log.close()
             self.access_log = None

@@ -983,7 +983,7 @@ def test_server_settings() -> None:
                                                 "ssl_certificate_key", "ssl_port", "data_buffer_dir",
                                                 "response_buffer_high_watermark", "send_timeout",
                                                 "instance_registry_dir", "admin_listen", "hooks", "busy_poll",
-                                                "io_uring"}
+                                                "io_uring", "loopback_reno"}
     fields = attrs.fields_dict(ServerConfig)
     assert fields["max_pool_size"].default == BY_KEY["max_pool_size"].default
     assert fields["drain_timeout"].default == BY_KEY["drain_timeout"].default
@@ -1029,6 +1029,13 @@ def test_io_uring_is_on_unless_turned_off(tmp_path: Path) -> None:
     assert build_config({}, path).io_uring is False
     assert parse("--app-start-command", "true", "--no-io-uring")["config"].io_uring is False
     assert parse("--app-start-command", "true")["config"].io_uring is True
+
+
+def test_loopback_reno_is_on_unless_turned_off(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f'loopback_reno = false\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
+    assert build_config({}, path).loopback_reno is False
+    assert parse("--app-start-command", "true", "--no-loopback-reno")["config"].loopback_reno is False
+    assert parse("--app-start-command", "true")["config"].loopback_reno is True
 
 
 def test_whole() -> None:
