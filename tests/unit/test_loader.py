@@ -1024,18 +1024,13 @@ def test_busy_poll_reaches_the_server_config(tmp_path: Path) -> None:
     assert parse("--app-start-command", "true")["config"].busy_poll == 0
 
 
-def test_io_uring_is_on_unless_turned_off(tmp_path: Path) -> None:
-    path = write_config(tmp_path, f'io_uring = false\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
-    assert build_config({}, path).io_uring is False
-    assert parse("--app-start-command", "true", "--no-io-uring")["config"].io_uring is False
-    assert parse("--app-start-command", "true")["config"].io_uring is True
-
-
-def test_loopback_reno_is_on_unless_turned_off(tmp_path: Path) -> None:
-    path = write_config(tmp_path, f'loopback_reno = false\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
-    assert build_config({}, path).loopback_reno is False
-    assert parse("--app-start-command", "true", "--no-loopback-reno")["config"].loopback_reno is False
-    assert parse("--app-start-command", "true")["config"].loopback_reno is True
+@pytest.mark.parametrize("key", ["io_uring", "loopback_reno"])
+def test_io_uring_and_loopback_reno_are_on_unless_turned_off(tmp_path: Path, key: str) -> None:
+    path = write_config(tmp_path, f'{key} = false\n[[app]]\nname = "a"\nroot = "{tmp_path}"\nstart_command = "true"\n')
+    assert getattr(build_config({}, path), key) is False
+    option = "--no-" + key.replace("_", "-")
+    assert getattr(parse("--app-start-command", "true", option)["config"], key) is False
+    assert getattr(parse("--app-start-command", "true")["config"], key) is True
 
 
 def test_whole() -> None:
