@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -45,6 +46,7 @@ from zope.interface import implementer
 
 from passenger import __version__
 from passenger.config import ConfigError, ServerConfig
+from passenger.http.congestion import is_local, use_reno
 from passenger.http.errors import error_response
 from passenger.http.headers import (
     FORWARDED,
@@ -122,16 +124,20 @@ _KEYWORDS = {setting.option: setting.key for setting in SETTINGS} | {"--config":
 
 @implementer(IStreamClientEndpoint)
 class _NoDelay:
-    """An endpoint whose TCP connections send at once (a request's head and body are two writes)."""
+    """An endpoint whose TCP connections send at once (a request's head and body are two writes), and use
+    Reno when they stay within the host while ``reno()`` says so (``loopback_reno``, ``passenger.http.congestion``)."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, reno: Callable[[], bool]) -> None:
         self._endpoint = endpoint
+        self._reno = reno
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         def no_delay(protocol: Any) -> Any:
             transport = getattr(protocol, "transport", None)
             if transport is not None and hasattr(transport, "setTcpNoDelay"):
                 transport.setTcpNoDelay(True)
+                if self._reno() and is_local(transport.getPeer().host, transport.getHost().host):
+                    use_reno(transport)
             return protocol
 
         return self._endpoint.connect(protocolFactory).addCallback(no_delay)
@@ -145,8 +151,9 @@ class _ProcessEndpoints:
     never seen by the app (the Host header is always set explicitly).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, reno: Callable[[], bool]) -> None:
         self._reactor = reactor
+        self._reno = reno
         self._unix: dict[bytes, str] = {}
 
     def base(self, process: AppProcess) -> bytes:
@@ -164,7 +171,7 @@ class _ProcessEndpoints:
             return UNIXClientEndpoint(self._reactor, path, timeout=CONNECT_TIMEOUT)
         host = uri.host.decode("ascii").strip("[]")
         kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        return _NoDelay(kind(self._reactor, host, uri.port, timeout=CONNECT_TIMEOUT))
+        return _NoDelay(kind(self._reactor, host, uri.port, timeout=CONNECT_TIMEOUT), self._reno)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -230,7 +237,7 @@ class AppPoolResource(Resource):
             self._connections = HTTPConnectionPool(self.reactor, persistent=True)
             self._connections._factory = _QuietClientFactory
             self._connections.maxPersistentPerHost = IDLE_CONNECTIONS_PER_PROCESS
-            self._endpoints = _ProcessEndpoints(self.reactor)
+            self._endpoints = _ProcessEndpoints(self.reactor, lambda: self.service.config.loopback_reno)
             self._agent = Agent.usingEndpointFactory(self.reactor, self._endpoints, self._connections)
         return self._agent, self._endpoints
 

@@ -37,6 +37,7 @@ from twisted.web.server import Site
 
 from passenger.config import ConfigError
 from passenger.embed import AppPoolResource, PassengerService, load_config
+from passenger.http.congestion import TCP_CONGESTION
 from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, free_port, kill_server, pid_alive, world_dir
 from tests.polling import until, wait_for
 
@@ -658,3 +659,26 @@ def test_a_kuria_app_on_a_unix_socket(embedded: Callable[..., Embedded]) -> Any:
     for _ in range(3):  # the connection is kept and reused
         status, _, body = yield server.get("/app/")
         assert status == 200 and json.loads(body)["port_env"] is None
+
+
+def app_connections_congestion(server: Embedded) -> list[bytes]:
+    """The congestion control of each idle connection the resource keeps to the app processes."""
+    pool = server.resource._connections
+    if pool is None:
+        return []
+    return [protocol.transport.socket.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, 16).rstrip(b"\0")
+            for protocols in pool._connections.values() for protocol in protocols]
+
+
+@pytest.mark.parametrize("reno", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_connections_to_the_apps_use_reno_unless_turned_off(embedded: Callable[..., Embedded], reno: bool) -> Any:
+    with open("/proc/sys/net/ipv4/tcp_congestion_control", "rb") as f:
+        system = f.read().strip()
+    server = embedded(loopback_reno=reno)
+    server.top.startService()
+    yield until(lambda: server.group.ready)
+    status, _, _ = yield server.get("/app/echo", method=b"POST")
+    assert status == 200
+    yield until(lambda: app_connections_congestion(server), what="the connection back in the resource's pool")
+    assert set(app_connections_congestion(server)) == {b"reno" if reno else system}
