@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from passenger import __version__
 from passenger.config import ConfigError, ServerConfig
-from passenger.http.congestion import is_local, use_reno
+from passenger.http.congestion import use_reno_within_host
 from passenger.http.errors import error_response
 from passenger.http.headers import (
     FORWARDED,
@@ -136,8 +136,8 @@ class _NoDelay:
             transport = getattr(protocol, "transport", None)
             if transport is not None and hasattr(transport, "setTcpNoDelay"):
                 transport.setTcpNoDelay(True)
-                if self._reno() and is_local(transport.getPeer().host, transport.getHost().host):
-                    use_reno(transport)
+                if self._reno():
+                    use_reno_within_host(transport)
             return protocol
 
         return self._endpoint.connect(protocolFactory).addCallback(no_delay)

@@ -62,3 +62,8 @@ def use_reno(transport: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def use_reno_within_host(transport: Any) -> bool:
+    """``use_reno`` if the transport's connection stays within this host (its addresses say so)."""
+    return is_local(transport.getPeer().host, transport.getHost().host) and use_reno(transport)

@@ -20,7 +20,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-from passenger.http.congestion import is_local, use_reno
+from passenger.http.congestion import use_reno_within_host
 from passenger.http.connection import ConnectionProtocol
 from passenger.http.dates import date_line
 from passenger.http.fastpath import queueing, uncork, write_pieces
@@ -96,9 +96,8 @@ class UpstreamConnection(ConnectionProtocol):
         front = self.front
         if self.process.unix_path is None:
             transport.setTcpNoDelay(True)
-            if front is not None and front.factory.loopback_reno and is_local(transport.getPeer().host,
-                                                                             transport.getHost().host):
-                use_reno(transport)
+            if front is not None and front.factory.loopback_reno:
+                use_reno_within_host(transport)
         transport.bufferSize = READ_SIZE
         self.process.connections.add(self)
         if front is None:

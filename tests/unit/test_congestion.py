@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from passenger.http.congestion import TCP_CONGESTION, is_local, tcp_socket, use_reno
+from passenger.http.congestion import TCP_CONGESTION, is_local, tcp_socket, use_reno, use_reno_within_host
 
 
 @pytest.mark.parametrize(("peer", "local"), [
@@ -69,3 +69,17 @@ def test_use_reno_leaves_what_has_no_tcp_socket() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_use_reno_within_host_goes_by_the_transports_addresses(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = tcp_pair
+    before = congestion(client)
+
+    def transport(sock: socket.socket, peer: str) -> SimpleNamespace:
+        return SimpleNamespace(socket=sock, getPeer=lambda: SimpleNamespace(host=peer),
+                               getHost=lambda: SimpleNamespace(host=sock.getsockname()[0]))
+
+    assert not use_reno_within_host(transport(client, "203.0.113.7"))  # as if the peer were another host
+    assert congestion(client) == before
+    assert use_reno_within_host(transport(server, server.getpeername()[0]))
+    assert congestion(server) == b"reno"
