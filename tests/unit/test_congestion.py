@@ -17,6 +17,8 @@ from passenger.http.congestion import TCP_CONGESTION, is_local, tcp_socket, use_
     ("127.45.6.7", "127.0.0.1"),
     ("::1", "::1"),
     ("::ffff:127.0.0.1", "::"),
+    ("::ffff:127.9.9.9", "::ffff:10.1.2.3"),
+    ("::1", "2001:db8::5"),
     ("10.1.2.3", "10.1.2.3"),  # the host's own address at both ends: the kernel routes it over loopback
     ("fe80::1%eth0", "fe80::1%eth0"),
 ])
@@ -29,6 +31,8 @@ def test_connections_within_the_host(peer: str, local: str) -> None:
     ("10.1.2.4", "10.1.2.3"),
     ("2001:db8::1", "::1"),
     ("::ffff:203.0.113.7", "::"),
+    ("::ffff:10.1.2.4", "::ffff:10.1.2.3"),
+    ("::2", "::1"),
     ("fe80::1%eth0", "fe80::2%eth0"),
     ("not an address", "127.0.0.1"),
 ])
