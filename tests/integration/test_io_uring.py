@@ -8,10 +8,9 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from passenger.http.uring import LARGEST, open_ring
 from tests.integration.conftest import Server, echo_app_args
+from tests.io_uring import no_io_uring
 
 #: Body sizes that go through the ring, and past it (larger than it copies).
 SIZES = (0, 13, 1000, LARGEST - 200, LARGEST + 1, 3 * LARGEST)
@@ -32,7 +31,7 @@ def kernel_allows_io_uring() -> None:
     try:
         open_ring(2).close()
     except OSError as error:
-        pytest.skip(f"the kernel refuses io_uring here: {error.strerror}")
+        no_io_uring(error.strerror)
 
 
 def many_clients_get_every_byte(port: int, clients: int = 16, requests: int = 24) -> None:

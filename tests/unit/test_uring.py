@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from passenger.http import uring
 from passenger.http.eager import EagerTCPServer, make_eager
 from passenger.http.uring import LARGEST, Ring, open_ring
+from tests.io_uring import no_io_uring
 from tests.unit.test_eager import read_now, read_to_end, turn_until
 
 
@@ -32,7 +33,7 @@ def a_ring(entries: int = uring.ENTRIES) -> Ring:
     try:
         return open_ring(entries)
     except OSError as error:
-        pytest.skip(f"the kernel refuses io_uring here: {error.strerror}")
+        no_io_uring(error.strerror)
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def two_clients() -> Iterator[tuple[Any, list[Any], list[socket.socket]]]:
     reactor = PassengerEPollReactor()
     refused = reactor.use_io_uring(True)
     if refused:
-        pytest.skip(f"the kernel refuses io_uring here: {refused}")
+        no_io_uring(refused)
     transports: list[Any] = []
     clients: list[socket.socket] = []
 
