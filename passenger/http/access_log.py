@@ -15,29 +15,29 @@ from __future__ import annotations
 import errno
 import sys
 import time
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Final
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 #: Seconds between two flushes of the held lines.
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL: Final = 1.0
 #: Bytes of lines held before they are written without waiting for the next flush.
-BUFFER_SIZE = 65536
+BUFFER_SIZE: Final = 65536
 #: The request's HTTP version as logged (the parser's two; others are encoded when they come).
-VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 #: An absent (or empty) quoted field.
-NONE = b'"-"'
+NONE: Final = b'"-"'
 #: A line, with the upstream time in whole milliseconds (formatting a float costs more than two ints).
-LINE = b"%s - - %s \"%s %s HTTP/%s\" %s %d %s %s rid=%s upstream=%s\n"
+LINE: Final = b"%s - - %s \"%s %s HTTP/%s\" %s %d %s %s rid=%s upstream=%s\n"
 #: A line of a request no process answered.
-LINE_NO_UPSTREAM = b"%s - - %s \"%s %s HTTP/%s\" %s %d %s %s rid=%s upstream=-\n"
+LINE_NO_UPSTREAM: Final = b"%s - - %s \"%s %s HTTP/%s\" %s %d %s %s rid=%s upstream=-\n"
 #: The text of every status code, and of every upstream time under a second: an index costs less than
 #: formatting the number (a line took 380 ns with them formatted, 270 with these).
-STATUS_TEXT = tuple(b"%d" % code for code in range(600))
-MILLIS_TEXT = tuple(b"0.%03d" % ms for ms in range(1000))
+STATUS_TEXT: Final = tuple(b"%d" % code for code in range(600))
+MILLIS_TEXT: Final = tuple(b"0.%03d" % ms for ms in range(1000))
 
 
 def _quoted(value: bytes | None) -> bytes:

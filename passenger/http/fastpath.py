@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet import posixbase
 from twisted.internet.error import ConnectionFdescWentAway
@@ -28,18 +28,18 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
 
 #: Pieces passed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_PIECES = 256
+MAX_PIECES: Final = 256
 
 #: The eager transport classes (``passenger.http.eager``), by exact type: ``run_pass`` reads their read
 #: events itself (``read``), and ``write_pieces`` hands their writes to ``take``.
-EAGER: set[type] = set()
+EAGER: Final[set[type]] = set()
 #: Those of accepted (client) connections: ``run_pass`` reads them last, after sending what the rest of
 #: the pass wrote, so that the responses an app finished go out before the new requests are read.
-READ_LAST: set[type] = set()
+READ_LAST: Final[set[type]] = set()
 
-_EPOLLIN: int = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+_EPOLLIN: Final[int] = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 #: The reason ``_doReadOrWrite`` gives for a descriptor whose ``fileno()`` is -1 (private to Twisted).
-_NO_FILEDESC: BaseException = getattr(posixbase, "_NO_FILEDESC", None) or ConnectionFdescWentAway(
+_NO_FILEDESC: Final[BaseException] = getattr(posixbase, "_NO_FILEDESC", None) or ConnectionFdescWentAway(
     "File descriptor lost")
 
 

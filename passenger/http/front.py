@@ -18,7 +18,7 @@ import ipaddress
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -58,21 +58,21 @@ if TYPE_CHECKING:
     from passenger.pool.process import AppProcess
 
 # Why reading from the client is paused (a bit each).
-PAUSED_PIPELINE = 1  # a later request is parsed and waits for the current one
-PAUSED_UPSTREAM = 2  # the app connection's write buffer is full
-PAUSED_WAITING = 4  # body buffered while the request waits for a process
+PAUSED_PIPELINE: Final = 1  # a later request is parsed and waits for the current one
+PAUSED_UPSTREAM: Final = 2  # the app connection's write buffer is full
+PAUSED_WAITING: Final = 4  # body buffered while the request waits for a process
 
 #: A buffered request body (buffer_upload) is kept in memory up to this size, then spooled to a file.
-UPLOAD_MEMORY = 65536
+UPLOAD_MEMORY: Final = 65536
 #: The end of a request head framed by chunking (replaced by a length once a buffered body is whole).
-CHUNKED_END = b"Transfer-Encoding: chunked\r\n\r\n"
+CHUNKED_END: Final = b"Transfer-Encoding: chunked\r\n\r\n"
 #: Body bytes held for a request that has no app connection yet.
-WAITING_BUFFER = 65536
+WAITING_BUFFER: Final = 65536
 #: Limits of a request head (nginx's and HAProxy's order of magnitude).
-MAX_TARGET = 8192
-MAX_HEADER = 8192
-MAX_HEAD = 65536
-MAX_FIELDS = 100
+MAX_TARGET: Final = 8192
+MAX_HEADER: Final = 8192
+MAX_HEAD: Final = 65536
+MAX_FIELDS: Final = 100
 
 
 class Refused(Exception):
@@ -85,13 +85,13 @@ class Refused(Exception):
 
 
 #: Seconds between two looks at the client deadlines.
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL: Final = 1.0
 #: Seconds a connection accepted just before a graceful stop gets to send its first request.
-SHUTDOWN_GRACE = 1.0
+SHUTDOWN_GRACE: Final = 1.0
 #: Attempts to place a request when processes refuse connections.
-MAX_TRIES = 3
+MAX_TRIES: Final = 3
 #: Requests that may be sent again when a kept-alive connection turns out closed (RFC 9110 §9.2.1).
-SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+SAFE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 class Request:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 #: Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy Keep-Alive/Proxy-Connection),
 #: plus the framing headers the relay re-emits itself.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -21,34 +23,34 @@ HOP_BY_HOP = frozenset(
 
 #: Request headers the client may not set: the server sets them from what it saw
 #: (a trusted proxy's are kept and extended).
-FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-                       b"x-forwarded-prefix", b"forwarded"})
+FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+                              b"x-forwarded-prefix", b"forwarded"})
 
 #: Request headers the server handles itself before passing (or replacing) them.
-SERVER_HANDLED = frozenset({b"expect", b"x-request-id"})
+SERVER_HANDLED: Final = frozenset({b"expect", b"x-request-id"})
 
-REQUEST_DROPPED = HOP_BY_HOP | FORWARDED | SERVER_HANDLED
-RESPONSE_DROPPED = HOP_BY_HOP
+REQUEST_DROPPED: Final = HOP_BY_HOP | FORWARDED | SERVER_HANDLED
+RESPONSE_DROPPED: Final = HOP_BY_HOP
 
 # What the relay does with a response header (by lower-case name); a name not listed passes as it is.
-DROP = 0  # hop-by-hop: left out
-LENGTH = 1  # Content-Length: re-emitted by the relay
-CHUNKED = 2  # Transfer-Encoding: the relay frames the body itself
-CONNECTION = 3  # left out, and so are the headers it lists
-DATE = 4  # passed on; the relay adds one when the app sent none
-RESPONSE_SPECIAL = {name: DROP for name in HOP_BY_HOP} | {
+DROP: Final = 0  # hop-by-hop: left out
+LENGTH: Final = 1  # Content-Length: re-emitted by the relay
+CHUNKED: Final = 2  # Transfer-Encoding: the relay frames the body itself
+CONNECTION: Final = 3  # left out, and so are the headers it lists
+DATE: Final = 4  # passed on; the relay adds one when the app sent none
+RESPONSE_SPECIAL: Final = {name: DROP for name in HOP_BY_HOP} | {
     b"content-length": LENGTH, b"transfer-encoding": CHUNKED, b"connection": CONNECTION, b"date": DATE}
 #: The kinds of response header passed on to the client.
-PASSED = (None, DATE)
+PASSED: Final = (None, DATE)
 
 #: Characters of header names passed to apps: [A-Za-z0-9-] (Passenger drops others, CVE-2015-7519).
-NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+NAME_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 #: With --allow-underscore-headers.
-NAME_CHARS_UNDERSCORE = NAME_CHARS + b"_"
+NAME_CHARS_UNDERSCORE: Final = NAME_CHARS + b"_"
 #: Characters of a Host header: a reg-name, an IPv4 or [IPv6] literal, and a port (RFC 3986 section 3.2.2).
-HOST_CHARS = NAME_CHARS + b"._~!$&'()*+,;=:[]%"
+HOST_CHARS: Final = NAME_CHARS + b"._~!$&'()*+,;=:[]%"
 #: Characters of an X-Request-Id that is kept (up to 200 of them).
-REQUEST_ID_CHARS = NAME_CHARS + b"._"
+REQUEST_ID_CHARS: Final = NAME_CHARS + b"._"
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

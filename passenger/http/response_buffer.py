@@ -19,7 +19,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Final
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -28,9 +28,9 @@ from zope.interface import classImplements
 from passenger.http.fastpath import write_pieces
 
 #: Bytes held in memory before the rest goes to a file (Passenger's DEFAULT_FILE_BUFFERED_CHANNEL_THRESHOLD).
-MEMORY_THRESHOLD = 128 * 1024
+MEMORY_THRESHOLD: Final = 128 * 1024
 #: Bytes read back from the file per write to the client.
-READ_SIZE = 65536
+READ_SIZE: Final = 65536
 
 
 class ResponseBuffer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.interfaces import IConnector
@@ -34,19 +34,19 @@ if TYPE_CHECKING:
     from passenger.pool.process import AppProcess
 
 # How the response body is framed towards the client.
-BODY_NONE = 0  # HEAD, 204, 304: no body
-BODY_LENGTH = 1  # Content-Length passed on, body bytes as they are
-BODY_CHUNKED = 2  # the relay frames each piece as a chunk
-BODY_UNTIL_CLOSE = 3  # HTTP/1.0 client, unknown length: close when done
+BODY_NONE: Final = 0  # HEAD, 204, 304: no body
+BODY_LENGTH: Final = 1  # Content-Length passed on, body bytes as they are
+BODY_CHUNKED: Final = 2  # the relay frames each piece as a chunk
+BODY_UNTIL_CLOSE: Final = 3  # HTTP/1.0 client, unknown length: close when done
 
 #: Bytes asked of the app's socket per read: a response head and what follows it (a large body's rest is
 #: spliced, so a bigger first read only copies more of it through Python).
-READ_SIZE = 64 * 1024
+READ_SIZE: Final = 64 * 1024
 #: Per read while a large body passes through Python (chunked, or for a slow client): fewer passes.
-BODY_READ_SIZE = 256 * 1024
+BODY_READ_SIZE: Final = 256 * 1024
 
-_NO_BODY_STATUS = (204, 304)
-_CHUNK_END = b"0\r\n\r\n"
+_NO_BODY_STATUS: Final = (204, 304)
+_CHUNK_END: Final = b"0\r\n\r\n"
 
 
 class UpstreamConnection(ConnectionProtocol):

@@ -30,38 +30,38 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 # The system calls (the same numbers on every architecture, being newer than their unification).
-_SYS_IO_URING_SETUP = 425
-_SYS_IO_URING_ENTER = 426
+_SYS_IO_URING_SETUP: Final = 425
+_SYS_IO_URING_ENTER: Final = 426
 
-_OFF_SQ_RING = 0
-_OFF_SQES = 0x10000000
-_FEAT_SINGLE_MMAP = 1
-_SETUP_SUBMIT_ALL = 1 << 7  # an entry the kernel refuses completes with its error; the rest go on
-_ENTER_GETEVENTS = 1
-_OP_SEND = 26
-_SEND_FLAGS = 0x40 | 0x4000  # MSG_DONTWAIT | MSG_NOSIGNAL
+_OFF_SQ_RING: Final = 0
+_OFF_SQES: Final = 0x10000000
+_FEAT_SINGLE_MMAP: Final = 1
+_SETUP_SUBMIT_ALL: Final = 1 << 7  # an entry the kernel refuses completes with its error; the rest go on
+_ENTER_GETEVENTS: Final = 1
+_OP_SEND: Final = 26
+_SEND_FLAGS: Final = 0x40 | 0x4000  # MSG_DONTWAIT | MSG_NOSIGNAL
 
 #: struct io_uring_params: ten u32, then struct io_sqring_offsets and struct io_cqring_offsets
 #: (eight u32 and a u64 each).
-_PARAMS = struct.Struct("<10I8IQ8IQ")
+_PARAMS: Final = struct.Struct("<10I8IQ8IQ")
 #: The part of a submission entry a send sets (opcode, flags, ioprio, fd, off, addr, len, msg_flags,
 #: user_data); the rest of the 64 bytes stays zero.
-_SQE_SIZE = 64
-_SQE = struct.Struct("<BBHiQQIIQ")
-_CQE_SIZE = 16
-_CQE_WORDS = _CQE_SIZE // 4
+_SQE_SIZE: Final = 64
+_SQE: Final = struct.Struct("<BBHiQQIIQ")
+_CQE_SIZE: Final = 16
+_CQE_WORDS: Final = _CQE_SIZE // 4
 #: Where a bytes object's data starts, from its address (``id``): CPython's layout, checked by ``open_ring``.
-_BYTES_DATA = sys.getsizeof(b"") - 1
+_BYTES_DATA: Final = sys.getsizeof(b"") - 1
 
 #: Submission entries in the ring: the sends of one submit at most.
-ENTRIES = 256
+ENTRIES: Final = 256
 #: A send of several pieces larger than this goes the usual way (joining them would copy more than the
 #: call saves).
-LARGEST = 16 * 1024
+LARGEST: Final = 16 * 1024
 
 
 class Ring:
@@ -81,6 +81,8 @@ class Ring:
                                offset=_OFF_SQ_RING)
         self._sqes = mmap.mmap(fd, sq_entries * _SQE_SIZE, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE, offset=_OFF_SQES)
+        #: ``_SQE.pack_into``, bound once: compiled code would look the method up on every send.
+        self._pack_sqe: Callable[..., None] = _SQE.pack_into
         # The rings as 32-bit words (every offset the kernel gives is a multiple of 4; a completion is 16
         # bytes: user_data, res, flags), unsigned and signed.
         words = self._words = memoryview(self._ring).cast("I")
@@ -110,7 +112,7 @@ class Ring:
         data = joined if type(joined) is bytes else bytes(joined)  # type: ignore[call-overload]  # a buffer: copied
         self._held.append(data)
         slot = (self._sq_tail + staged) & self._sq_mask
-        _SQE.pack_into(self._sqes, slot * _SQE_SIZE, _OP_SEND, 0, 0, fd, 0, id(data) + _BYTES_DATA, len(data),
+        self._pack_sqe(self._sqes, slot * _SQE_SIZE, _OP_SEND, 0, 0, fd, 0, id(data) + _BYTES_DATA, len(data),
                        _SEND_FLAGS, staged)
         self.staged = staged + 1
         return True
