@@ -57,6 +57,10 @@ class EagerWrites:
     _corked: list[bytes] | None = None
     #: Their size: past ``bufferSize`` they go at once, so that a producer is paused as in Twisted.
     _corked_size = 0
+    #: ``fastpath.queueing`` found nothing that sends new bytes to Twisted's queue, and nothing that could
+    #: have changed that has happened since (each such method here clears it): ``take`` then skips the
+    #: check's eight attribute lookups.
+    _quiet = False
 
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):
@@ -76,26 +80,36 @@ class EagerWrites:
 
     # Twisted's queue, for what the kernel did not take (called from fastpath).
     def _queue_pieces(self, pieces: Sequence[bytes]) -> None:
+        self._quiet = False
         super().writeSequence(pieces)  # type: ignore[misc]
 
     def _queue_bytes(self, data: bytes) -> None:
+        self._quiet = False
         super().write(data)  # type: ignore[misc]
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._quiet = False  # a pull producer needs Twisted's queue
+        super().registerProducer(producer, streaming)  # type: ignore[misc]
 
     # What must not overtake held bytes sends them first; what ends the connection drops them.
     def loseConnection(self) -> None:
         fastpath.uncork(self)
+        self._quiet = False
         super().loseConnection()  # type: ignore[misc]
 
     def loseWriteConnection(self) -> None:
         fastpath.uncork(self)
+        self._quiet = False
         super().loseWriteConnection()  # type: ignore[misc]
 
     def abortConnection(self) -> None:
         self._corked = None
+        self._quiet = False
         super().abortConnection()  # type: ignore[misc]
 
     def connectionLost(self, reason: Any) -> None:
         self._corked = None
+        self._quiet = False
         super().connectionLost(reason)  # type: ignore[misc]
 
 

@@ -190,9 +190,11 @@ def take(transport: Any, pieces: Sequence[bytes], size: int) -> None:
     """Bytes to write: held in a pass, queued behind what Twisted holds, else sent now."""
     corked: list[bytes] | None = transport._corked
     if corked is None:
-        if queueing(transport):
-            transport._queue_pieces(pieces)
-            return
+        if not transport._quiet:
+            if queueing(transport):
+                transport._queue_pieces(pieces)
+                return
+            transport._quiet = True  # until one of the transport's methods that could change it
         reactor = transport.reactor
         if not getattr(reactor, "dispatching", False):
             send(transport, pieces)

@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
@@ -231,6 +231,36 @@ def test_lose_connection_delivers_then_closes_and_abort_sends_nothing_more():  #
                 pass
     finally:
         second.close()
+        yield port.stopListening()
+
+
+@implementer(IPullProducer)
+class Pulled:
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("change", ["loseConnection", "abortConnection", "a pull producer"])
+@pytest_twisted.inlineCallbacks
+def test_a_write_after_a_change_that_needs_twisteds_queue_goes_there_after_direct_writes(change):  # type: ignore[no-untyped-def]
+    """A direct write keeps what ``queueing`` found (``_quiet``); the change must clear it."""
+    port, client, server = yield connected()
+    try:
+        transport = server.transport
+        transport.write(b"direct")
+        assert read_now(client) == b"direct"
+        if change == "a pull producer":
+            transport.registerProducer(Pulled(), False)
+        else:
+            getattr(transport, change)()
+        transport.write(b"later")
+        assert transport._tempDataLen == len(b"later"), "Twisted's queue took it"
+        assert read_now(client) == b"", "nothing went past Twisted's queue"
+    finally:
+        client.close()
         yield port.stopListening()
 
 
