@@ -59,7 +59,7 @@ class EagerWrites:
     _corked_size = 0
     #: ``fastpath.queueing`` found nothing that sends new bytes to Twisted's queue, and nothing that could
     #: have changed that has happened since (each such method here clears it): ``take`` then skips the
-    #: check's eight attribute lookups.
+    #: check's nine attribute lookups.
     _quiet = False
 
     def write(self, data: bytes) -> None:

@@ -179,11 +179,15 @@ def write_pieces(transport: Any, pieces: Sequence[bytes]) -> None:
 
 
 def queueing(transport: Any) -> bool:
-    """Leave everything to Twisted: bytes are queued, the connection is closing, or a pull
-    producer is registered (it is asked for more from ``doWrite``, which needs queued bytes)."""
+    """Leave everything to Twisted: bytes are queued, the connection is closing or half-closing, or a
+    pull producer is registered (it is asked for more from ``doWrite``, which needs queued bytes).
+
+    ``take`` keeps a False answer (``_quiet``) until one of the transport's methods that could change
+    it runs; the one change no method of ours sees, Twisted's ``doWrite`` setting ``_writeDisconnected``,
+    comes only after ``_writeDisconnecting``, which already answers True."""
     return bool(transport._tempDataLen or transport.dataBuffer or not transport.connected
-                or transport.disconnecting or transport._writeDisconnected or transport._aborting
-                or (transport.producer is not None and not transport.streamingProducer))
+                or transport.disconnecting or transport._writeDisconnecting or transport._writeDisconnected
+                or transport._aborting or (transport.producer is not None and not transport.streamingProducer))
 
 
 def take(transport: Any, pieces: Sequence[bytes], size: int) -> None:

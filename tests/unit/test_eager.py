@@ -243,7 +243,7 @@ class Pulled:
         pass
 
 
-@pytest.mark.parametrize("change", ["loseConnection", "abortConnection", "a pull producer"])
+@pytest.mark.parametrize("change", ["loseConnection", "loseWriteConnection", "abortConnection", "a pull producer"])
 @pytest_twisted.inlineCallbacks
 def test_a_write_after_a_change_that_needs_twisteds_queue_goes_there_after_direct_writes(change):  # type: ignore[no-untyped-def]
     """A direct write keeps what ``queueing`` found (``_quiet``); the change must clear it."""
