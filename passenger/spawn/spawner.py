@@ -342,8 +342,11 @@ class Spawner:
         process.attach(transport)
         journey.performed(steps.FORK)
         journey.begin(steps.BEFORE_EXEC, forked_at)
-        self.log.info("Spawning process {pid} of {app} {where}", pid=process.pid, app=app.name,
-                      where="(Kuria protocol)" if app.kuria else f"on port {port}")
+        # Which account it runs as, when the server switches (as root): "Permission denied" from an app
+        # run as nobody is otherwise a puzzle to an operator who started the server as root.
+        self.log.info("Spawning process {pid} of {app} {where}{account}", pid=process.pid, app=app.name,
+                      where="(Kuria protocol)" if app.kuria else f"on port {port}",
+                      account=f" as {user.name}" if user is not None else "")
         handshake = Handshake(self._reactor, app, process, workdir, journey, protocol, env, forked_at,
                               user.uid if user is not None else os.getuid())
         handshake.start()

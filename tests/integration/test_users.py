@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -39,6 +40,7 @@ def test_root_owned_app_runs_as_nobody(serve) -> None:
     assert (seen["uid"], seen["gid"]) == (nobody.pw_uid, nobody.pw_gid)
     assert seen["env"]["USER"] == seen["env"]["LOGNAME"] == "nobody"
     assert seen["env"]["HOME"] == nobody.pw_dir
+    assert re.search(r"Spawning process \d+ of \S+ on port \d+ as nobody\n", server.log()), "the log says who"
 
 
 def test_app_runs_as_the_owner_of_its_root_with_its_groups(serve) -> None:
@@ -50,6 +52,7 @@ def test_app_runs_as_the_owner_of_its_root_with_its_groups(serve) -> None:
     assert seen["groups"] == sorted(os.getgrouplist("daemon", daemon.pw_gid))  # initgroups, not root's groups
     assert 0 not in seen["groups"]
     assert seen["env"]["HOME"] == daemon.pw_dir and seen["env"]["SHELL"] == daemon.pw_shell
+    assert re.search(r"Spawning process \d+ of \S+ on port \d+ as daemon\n", server.log())
 
 
 def test_user_and_group_options(serve) -> None:
