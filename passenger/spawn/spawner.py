@@ -33,7 +33,7 @@ from passenger.spawn.properties import PropertiesError, parse_properties, proces
 from passenger.spawn.protocol import AppProcessProtocol
 from passenger.spawn.report import CATEGORIES, JourneyStep, SpawnReport, default_texts, new_error_id
 from passenger.spawn.sockets import describe_wrong_listen, listening_ports, not_exec_yet
-from passenger.spawn.users import AppUser, login_shell, resolve_app_user
+from passenger.spawn.users import AppUser, login_shell, resolve_app_user, unreachable
 from passenger.spawn.workdir import PROPERTIES_CAP, WorkDir, user_info_text
 
 #: Lines of the app's output a report shows.
@@ -271,6 +271,8 @@ class Spawner:
     def __init__(self, reactor: Any, ports: PortAllocator | None = None) -> None:
         self._reactor = reactor
         self._ports = ports or PortAllocator()
+        #: (app root, uid, gid) whose reach was checked (``_check_reach``): warned about once.
+        self._reach_checked: set[tuple[str, int, int]] = set()
 
     def spawn(self, app: AppConfig, number: int, observer: ProcessObserver,
               ports_in_use: Iterable[int] = ()) -> AppProcess:
@@ -298,6 +300,8 @@ class Spawner:
             started_monotonic=began,
         )
         user = self._user(app)
+        if user is not None:
+            self._check_reach(app, user)
         env = app_environment(app, port)
         if user is not None:
             env.update(user.environment())
@@ -351,6 +355,18 @@ class Spawner:
                               user.uid if user is not None else os.getuid())
         handshake.start()
         return process
+
+    def _check_reach(self, app: AppConfig, user: AppUser) -> None:
+        """Warn, once per app root and account, when the account cannot get to the app root."""
+        key = (app.root, user.uid, user.gid)
+        if key in self._reach_checked:
+            return
+        self._reach_checked.add(key)
+        why = unreachable(user, app.root)
+        if why is not None:
+            self.log.warn("Processes of {app} run as {user}, who cannot reach {root}: {why}. They will fail to "
+                          "open files there; chown the app root to the account that should run it, or set "
+                          "user (--user)", app=app.name, user=user.name, root=app.root, why=why)
 
     def _user(self, app: AppConfig) -> AppUser | None:
         try:

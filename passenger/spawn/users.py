@@ -9,7 +9,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Collection
 
 import attrs
 
@@ -83,3 +84,38 @@ def login_shell(user: AppUser | None) -> str | None:
     """The account's shell if it is one that takes ``-lc`` (as Passenger's load_shell_envvars)."""
     shell = user.shell if user is not None else pwd.getpwuid(os.getuid()).pw_shell
     return shell if os.path.basename(shell) in LOGIN_SHELLS and os.access(shell, os.X_OK) else None
+
+
+def unreachable(user: AppUser, path: str, groups: Collection[int] | None = None) -> str | None:
+    """Which directory on the way to ``path`` ``user`` may not enter, by its mode bits, and why; None
+    when every one lets it through, or one has an ACL (then the kernel decides, not the bits).
+
+    An app run as ``nobody`` from a checkout under ``/root`` (0700) cannot open its own files; said at
+    the first spawn, that is one line instead of a ``Permission denied`` at every attempt."""
+    groups = set(os.getgrouplist(user.name, user.gid)) if groups is None else set(groups)
+    directory = "/"
+    parts = [part for part in os.path.realpath(path).split("/") if part]
+    for index in range(len(parts) + 1):
+        directory = "/" + "/".join(parts[:index])
+        try:
+            info = os.stat(directory)
+            if "system.posix_acl_access" in os.listxattr(directory):
+                return None
+        except OSError:
+            return None  # gone or unreadable: the spawn reports that its own way
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return f"{directory} is mode {stat.S_IMODE(info.st_mode):04o}, owned by {_owner_name(info.st_uid)}"
+    return None
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -55,6 +55,19 @@ def test_app_runs_as_the_owner_of_its_root_with_its_groups(serve) -> None:
     assert re.search(r"Spawning process \d+ of \S+ on port \d+ as daemon\n", server.log())
 
 
+def test_an_app_root_its_account_cannot_reach_is_named_once_in_the_log(serve) -> None:
+    home = world_dir("home", 0o755)
+    root = home / "app"
+    root.mkdir()
+    shutil.copy(APPS / "echo_app.py", root / "echo_app.py")
+    os.chmod(home, 0o700)  # as /root is: nobody may not enter
+    server = serve(["--app-root", str(root), "--app-start-command", f"{APP_PYTHON} echo_app.py"], ready=0)
+    server.wait_log(r"Spawning process \d+ of app on port \d+ as nobody", count=2)
+    warnings = re.findall(r"Processes of app run as nobody, who cannot reach (\S+): (\S+) is mode 0700, owned by root",
+                          server.log())
+    assert warnings == [(str(root), str(home))], server.log()
+
+
 def test_user_and_group_options(serve) -> None:
     server = serve(["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} echo_app.py",
                     "--user", "daemon", "--group", "nogroup"])
