@@ -851,7 +851,8 @@ def run_pairs(b: Bench, sides: list[Callable[[float], Result]],
 
 def scenario_latency(b: Bench) -> None:
     """p99 at a fixed rate (half of ours' max hello rate): ours against the app's own p99, interleaved."""
-    rate = LATENCY_SHARE * ours_hello(b, "the latency scenario's rate").wrk.rps
+    fixed = b.args.latency_rate > 0
+    rate = b.args.latency_rate if fixed else LATENCY_SHARE * ours_hello(b, "the latency scenario's rate").wrk.rps
     if rate <= 0:
         raise RuntimeError("ours' hello rate is 0; cannot pick a rate for the latency scenario")
     with_ours = "ours" in b.contenders
@@ -860,8 +861,9 @@ def scenario_latency(b: Bench) -> None:
     # hop costs on this machine at this rate (a reference, not a target).
     names = (["ours"] if with_ours else []) + ([BUSY] if busy_poll else []) + \
         (["nginx"] if "nginx" in b.contenders else [])
-    print(f"  fixed rate {rate:.0f} req/s ({100 * LATENCY_SHARE:.0f}% of ours' hello rate), "
-          f"{LATENCY_CONNECTIONS} connections, paced by wrk delay()", flush=True)
+    share = "--latency-rate: not the target's rate" if fixed else f"{100 * LATENCY_SHARE:.0f}% of ours' hello rate"
+    print(f"  fixed rate {rate:.0f} req/s ({share}), {LATENCY_CONNECTIONS} connections, paced by wrk delay()",
+          flush=True)
     if names:
         print(f"  app (two hello.py, talked to directly), {', '.join(names)} alternate: {PAIRS} rounds of "
               f"{pair_seconds(b.args.duration)}s runs, app first, after a {b.args.warmup:g}s warm-up of each; "
@@ -1104,16 +1106,19 @@ def checks(b: Bench) -> list[Check]:
                 continue  # --busy-poll 0
             shown = "ours" if name == "ours" else f"ours --busy-poll {b.args.busy_poll}"
             what = f"{shown} p99 <= app p99 + {LATENCY_SLACK_MS:g} ms (median of {PAIRS} interleaved pairs)"
+            fixed = b.args.latency_rate > 0
+            if fixed:
+                what += ", at the fixed --latency-rate (a reference, not the target)"
             diffs = latency_diffs(app, ours)
             if ours and app and diffs:
                 med = statistics.median(diffs)
                 off = [f"{x.contender} pair {i + 1} {100 * (x.rate_off or 0):+.0f}%" for r in (app, ours)
                        for i, x in enumerate(r.runs) if x.rate_off is not None and abs(x.rate_off) > RATE_TOLERANCE]
-                out.append(Check("latency", what, med <= LATENCY_SLACK_MS,
+                out.append(Check("latency", what, None if fixed else med <= LATENCY_SLACK_MS,
                                  f"median {name} - app {med:+.2f}ms over {len(diffs)} pairs "
                                  f"({', '.join(f'{d:+.2f}' for d in diffs)} ms; limit +{LATENCY_SLACK_MS:g}ms) "
                                  f"at {ours.target_rps or 0:.0f} req/s"
-                                 + (f"; RATE OFF: {', '.join(off)}" if off else "")))
+                                 + (f"; RATE OFF: {', '.join(off)}" if off else ""), reference=fixed))
             else:
                 out.append(Check("latency", what, None, "needs ours and the app"))
         nginx = latency_diffs(app, b.find("latency", "nginx"))
@@ -1235,6 +1240,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--busy-poll", type=int, default=BUSY_POLL_US, metavar="USEC",
                     help=f"the latency scenario also measures ours with --busy-poll USEC ({BUSY}), interleaved "
                          f"with the others (default {BUSY_POLL_US}; 0: ours with its defaults only)")
+    ap.add_argument("--latency-rate", type=float, default=0.0, metavar="REQS",
+                    help="run the latency scenario at this fixed rate instead of half of ours' hello rate; its "
+                         "lines are then references, not the target (default 0: the target's rate)")
     ap.add_argument("--ours-args", default="", metavar="ARGS",
                     help="extra options appended to ours' command line (one shell-quoted string)")
     ap.add_argument("-v", "--verbose", action="count", default=0,
