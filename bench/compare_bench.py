@@ -1100,13 +1100,13 @@ def checks(b: Bench) -> list[Check]:
         throughput("1mb", "MiB/s", lambda r: r.wrk.mib_per_s, MB_MIN_RATIO, MB_MAX_CPU_US)
     if "latency" in ran:
         app = b.find("latency", "app")
+        fixed = b.args.latency_rate > 0  # a rate of one's choosing: references, not the target
         for name in ("ours", BUSY):
             ours = b.find("latency", name)
             if name == BUSY and ours is None:
                 continue  # --busy-poll 0
             shown = "ours" if name == "ours" else f"ours --busy-poll {b.args.busy_poll}"
             what = f"{shown} p99 <= app p99 + {LATENCY_SLACK_MS:g} ms (median of {PAIRS} interleaved pairs)"
-            fixed = b.args.latency_rate > 0
             if fixed:
                 what += ", at the fixed --latency-rate (a reference, not the target)"
             diffs = latency_diffs(app, ours)

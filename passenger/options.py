@@ -369,6 +369,12 @@ class Setting:
 _APP = "app"
 _SERVER = "server"
 
+
+def _on_by_default(key: str, help: str, **rest: Any) -> Setting:
+    """A switch that is on unless ``--no-<key>`` (or ``<key> = false`` in a file) turns it off."""
+    return Setting(key, flag, True, help, cli="no-" + key.replace("_", "-"), is_flag=True, flag_value=False, **rest)
+
+
 SETTINGS: tuple[Setting, ...] = (
     # Which app, where it is, how it starts.
     Setting("name", text, None, "Name of the app in logs, status and errors. [default: the app root's directory name]",
@@ -506,10 +512,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", seconds(), 30.0, "Seconds between the stop signal and KILL when an app process is stopped.",
             passenger=f"{NONE} (Passenger: 60 s, fixed)",
             details="How long a process gets between the stop signal and KILL."),
-    Setting("abort_websockets_on_process_shutdown", flag, True,
+    _on_by_default("abort_websockets_on_process_shutdown",
             "Keep WebSockets (and other upgraded connections) of a stopping process open until they close or the drain "
             "timeout passes, instead of aborting them (Passenger's default).",
-            cli="no-abort-websockets-on-process-shutdown", is_flag=True, flag_value=False,
             passenger="`abort_websockets_on_process_shutdown`",
             shown_default="on (abort)",
             details="Off: a stopping process's WebSockets (and other upgraded connections) stay open until they close "
@@ -665,9 +670,8 @@ SETTINGS: tuple[Setting, ...] = (
             "traffic comes in bursts: up to this long after each "
             "one. An idle server sleeps at once. Needs the server's own reactor (`twistd passenger` installs "
             "it); with another, the setting is ignored with a warning."),
-    Setting("io_uring", flag, True, "Send what the server writes in one pass of its event loop with a system call "
-            "per socket, instead of all of it in one call through an io_uring.",
-            cli="no-io-uring", is_flag=True, flag_value=False, scope=_SERVER,
+    _on_by_default("io_uring", "Send what the server writes in one pass of its event loop with a system call "
+            "per socket, instead of all of it in one call through an io_uring.", scope=_SERVER,
             passenger=NONE, shown_default="on (where the kernel allows it)",
             details="At the end of each pass of its event loop the server sends what it wrote to its clients and "
             "to the apps. One system call per socket handed the CPU to each peer it woke on the server's CPU "
@@ -677,9 +681,8 @@ SETTINGS: tuple[Setting, ...] = (
             "maximum rate, the same CPU at full load). Where the kernel refuses io_uring (older than 5.18, a seccomp profile, "
             "`kernel.io_uring_disabled`) the server logs why once and sends one call per socket. `--no-io-uring` "
             "(`io_uring = false`) turns it off. Needs the server's own reactor (`twistd passenger` installs it)."),
-    Setting("loopback_reno", flag, True, "Leave TCP connections within this host (to the apps, from a proxy on "
-            "the same machine) to the system's congestion control, instead of Reno.",
-            cli="no-loopback-reno", is_flag=True, flag_value=False, scope=_SERVER,
+    _on_by_default("loopback_reno", "Leave TCP connections within this host (to the apps, from a proxy on "
+            "the same machine) to the system's congestion control, instead of Reno.", scope=_SERVER,
             passenger=NONE, shown_default="on",
             details="A TCP connection between two addresses of this host (every connection to an app process, "
             "and a client on a loopback address, such as a proxy in front on the same machine) uses Reno "

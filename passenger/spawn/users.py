@@ -93,7 +93,6 @@ def unreachable(user: AppUser, path: str, groups: Collection[int] | None = None)
     An app run as ``nobody`` from a checkout under ``/root`` (0700) cannot open its own files; said at
     the first spawn, that is one line instead of a ``Permission denied`` at every attempt."""
     groups = set(os.getgrouplist(user.name, user.gid)) if groups is None else set(groups)
-    directory = "/"
     parts = [part for part in os.path.realpath(path).split("/") if part]
     for index in range(len(parts) + 1):
         directory = "/" + "/".join(parts[:index])
