@@ -15,6 +15,7 @@ USR1 reopens the log file.  TERM and INT are the reactor's: a graceful stop.
 
 from __future__ import annotations
 
+import gc
 import resource
 import signal
 from collections.abc import Callable
@@ -62,6 +63,21 @@ def twistd_log_file() -> BaseLogFile | None:
         if isinstance(cell.cell_contents, BaseLogFile):
             return cell.cell_contents
     return None
+
+
+def freeze_startup_objects() -> None:
+    """Leave what the server built to start (modules, classes, Twisted's and our setup: 48,000
+    objects) out of every later pass of the garbage collector.
+
+    A full pass walks every object the collector tracks; this VM took 12 ms for
+    these alone, added to each pass over the connections (a pass over 10,000 held
+    connections took 24-30 ms).  They live as long as the process anyway.  What is
+    garbage now is collected first; a cycle among them that becomes garbage later
+    stays (``gc.freeze``), which only a reload's replaced configuration could be.
+    Only for a process the server owns (twistd, twist): an embedding
+    application's objects are its own to manage."""
+    gc.collect()
+    gc.freeze()
 
 
 class PassengerService(Service):
@@ -137,6 +153,7 @@ class PassengerService(Service):
         if self._handle_signals:  # the server owns the process (twistd/twist), not an embedding application
             self._install_signal_handlers()
             self._raise_open_files_limit()
+            freeze_startup_objects()
 
     def _tune_reactor(self) -> None:
         """Hand ``busy_poll`` and ``io_uring`` to the reactor, which only PassengerEPollReactor understands."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from httptools import HttpRequestParser, HttpResponseParser
 from twisted.internet.interfaces import ILoggingContext, IProtocol
 from twisted.python.failure import Failure
 from zope.interface import classImplements
@@ -41,3 +42,18 @@ class ConnectionProtocol:
 
 
 classImplements(ConnectionProtocol, IProtocol, ILoggingContext)
+
+
+class NoCallbacks:
+    """What the parser of a closed connection calls back: nothing.
+
+    A connection's parser holds the connection's bound methods (its callbacks), and
+    the connection holds the parser: a cycle that only the garbage collector frees,
+    in the pass of whatever generation the connection has reached.  When a
+    connection closes, it swaps its parser for one of these, so that reference
+    counting frees it at once (a full pass over 10,000 connections took 68 ms)."""
+
+
+#: The parsers of every closed connection (never fed).
+CLOSED_REQUEST_PARSER = HttpRequestParser(NoCallbacks())
+CLOSED_RESPONSE_PARSER = HttpResponseParser(NoCallbacks())

@@ -156,7 +156,20 @@ fastpath.EAGER.update((EagerTCPServer, EagerTCPClient))
 fastpath.READ_LAST.add(EagerTCPServer)
 
 
-class EagerTCPConnector(tcp.Connector):
+class ForgetsTransport:
+    """Mixed into connectors: Twisted's keeps its transport after the connection ends (as it does not
+    after a failed attempt), and the transport keeps the connector, a cycle that only the collector frees."""
+
+    transport: tcp.Client | None
+    state: str
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)  # type: ignore[misc]
+        if self.state == "disconnected":  # (not connecting again)
+            self.transport = None
+
+
+class EagerTCPConnector(ForgetsTransport, tcp.Connector):
     def _makeTransport(self) -> tcp.Client:
         return EagerTCPClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
@@ -170,7 +183,7 @@ if unix is not None:
     class EagerUNIXClient(SpliceSource, DirectReads, EagerWrites, unix.Client):
         """A Unix-socket connection to an app process that sends at once."""
 
-    class EagerUNIXConnector(unix.Connector):
+    class EagerUNIXConnector(ForgetsTransport, unix.Connector):
         def _makeTransport(self) -> Any:  # unix.Client (typed as tcp.Client in BaseConnector)
             return EagerUNIXClient(self.address, self, self.reactor, self.checkPID)
 

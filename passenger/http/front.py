@@ -33,7 +33,7 @@ from passenger import __version__
 from passenger.config import ServerConfig
 from passenger.http.access_log import AccessLog
 from passenger.http.congestion import is_local, use_reno
-from passenger.http.connection import ConnectionProtocol
+from passenger.http.connection import CLOSED_REQUEST_PARSER, ConnectionProtocol
 from passenger.http.errors import REASONS, error_response, page_response
 from passenger.http.fastpath import write_pieces
 from passenger.http.headers import (
@@ -73,6 +73,10 @@ MAX_TARGET: Final = 8192
 MAX_HEADER: Final = 8192
 MAX_HEAD: Final = 65536
 MAX_FIELDS: Final = 100
+
+
+def ignore_stalled(stalled: bool) -> None:
+    """A closed connection's relay has no send deadline to start or stop."""
 
 
 class Refused(Exception):
@@ -243,6 +247,15 @@ class FrontProtocol(ConnectionProtocol):
         self.factory.connection_closed(self)
         if self.active is not None:
             self._abandon()
+        if self.held is None:  # else a read is being parsed: flush_held lets go when it ends
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Cut the reference cycles of a closed connection (its parser's callbacks and its relay's are
+        this protocol's bound methods), so that it is freed with its last reference (``NoCallbacks``)."""
+        self.parser = CLOSED_REQUEST_PARSER
+        if self.relay is not None:  # (its other callback, on_drained, went with Twisted's stopProducing)
+            self.relay.stalled = ignore_stalled
 
     def _abandon(self) -> None:
         """The client is gone: give back whatever its request holds."""
@@ -307,6 +320,8 @@ class FrontProtocol(ConnectionProtocol):
         self.held = self.held_for = None
         if held and target is not None and target is self.upstream and target.transport is not None:
             write_pieces(target.transport, held)
+        if self.disconnected:
+            self._let_go()
 
     def on_message_begin(self) -> None:
         self.parsing = Request()

@@ -21,7 +21,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from passenger.http.congestion import use_reno_within_host
-from passenger.http.connection import ConnectionProtocol
+from passenger.http.connection import CLOSED_RESPONSE_PARSER, ConnectionProtocol
 from passenger.http.dates import date_line
 from passenger.http.fastpath import queueing, uncork, write_pieces
 from passenger.http.headers import CHUNKED, CONNECTION, DATE, LENGTH, PASSED, RESPONSE_SPECIAL, connection_tokens
@@ -117,16 +117,21 @@ class UpstreamConnection(ConnectionProtocol):
             pass
         front = self.front
         self.front = None
-        if front is None:
-            return
-        if self.tunnel:
-            front.tunnel_closed()
-        elif self.head_done and self.until_close:
-            # The app framed its body by closing the connection: that is the end.
-            self.front = front
-            self._complete(reusable=False)
-        else:
-            front.upstream_lost(self, reason)
+        if front is not None:
+            if self.tunnel:
+                front.tunnel_closed()
+            elif self.head_done and self.until_close:
+                # The app framed its body by closing the connection: that is the end.
+                self.front = front
+                self._complete(reusable=False)
+            else:
+                front.upstream_lost(self, reason)
+        if self.out is None:  # else a read is being parsed: dataReceived lets go when it ends
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Cut the cycle of a closed connection and its parser (``NoCallbacks``)."""
+        self.parser = CLOSED_RESPONSE_PARSER
 
     def process_gone(self) -> None:
         """The process died: this connection is useless."""
@@ -240,7 +245,9 @@ class UpstreamConnection(ConnectionProtocol):
                 if self.body_left >= SPLICE_MIN:
                     self._start_splice()
         self.out = None
-        if self.reset_parser:
+        if self.closed:
+            self._let_go()
+        elif self.reset_parser:
             self.reset_parser = False
             self.parser = HttpResponseParser(self)
 
