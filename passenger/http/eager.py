@@ -112,6 +112,14 @@ class EagerWrites:
         self._quiet = False
         super().connectionLost(reason)  # type: ignore[misc]
 
+    def writeSomeData(self, data: bytes) -> Any:
+        """Twisted's ``doWrite`` sends its queue even when it is empty (after ``loseConnection``, whose
+        bytes we sent at once): a ``send`` of nothing, 6% of a connection's time when each request
+        has its own."""
+        if not data:
+            return 0
+        return super().writeSomeData(data)  # type: ignore[misc]
+
 
 class DirectReads:
     """Mixed into socket transports: ``doRead`` as Twisted's ``tcp.Connection`` does it, in one call

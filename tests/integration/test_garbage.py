@@ -45,13 +45,11 @@ from tests.polling import until
 
 ECHO = f"{APP_PYTHON} echo_app.py"
 #: What a connection is made of: its protocols and parsers, its response buffer, and, for an app
-#: connection, the factory that made it.  (A server's own objects, its factory or a process's spawn
-#: record, are left to the collector when a server or process ends: rare events, and earlier tests'
-#: servers end while these run.)
+#: connection, the factory that made it (and its transport and connector, below).  A server's own
+#: objects, its factory or a process's spawn record, are left to the collector when a server or
+#: process ends: rare events.
 CONNECTION_CLASSES = (FrontProtocol, UpstreamConnection, UpstreamFactory, ResponseBuffer, HttpRequestParser,
                       HttpResponseParser)
-#: ... and its transport and connector, the server's (eager.py's; the test's client has Twisted's).
-TRANSPORT_CLASSES = (FileDescriptor, BaseConnector)
 
 
 def _reactor() -> Any:
@@ -60,13 +58,24 @@ def _reactor() -> Any:
     return reactor
 
 
-def connection_garbage(found: list[Any]) -> list[str]:
+def of_a_connection(thing: Any, port: int) -> bool:
+    """Is ``thing`` part of a connection to the server on ``port`` (or from it to an app)?  Transports
+    and connectors are told by what they were made for: earlier tests' own (test_eager's) may end
+    while these run, and the test's client has Twisted's."""
+    if isinstance(thing, CONNECTION_CLASSES):
+        return True
+    if isinstance(thing, FileDescriptor):  # a transport: accepted on the port, or opened to an app
+        return getattr(getattr(thing, "server", None), "port", None) == port or isinstance(
+            getattr(getattr(thing, "connector", None), "factory", None), UpstreamFactory)
+    return isinstance(thing, BaseConnector) and isinstance(thing.factory, UpstreamFactory)
+
+
+def connection_garbage(found: list[Any], port: int) -> list[str]:
     """What of connections the collector found unreachable (by class, for the failure message)."""
     names = []
     for thing in found:
         owner = getattr(thing, "__self__", None) if type(thing).__name__ == "builtin_function_or_method" else thing
-        if isinstance(owner, CONNECTION_CLASSES) or (isinstance(owner, TRANSPORT_CLASSES)
-                                                     and type(owner).__module__.startswith("passenger.")):
+        if of_a_connection(owner, port):
             names.append(f"{type(owner).__module__}.{type(owner).__qualname__}"
                          + (" (a bound method)" if owner is not thing else ""))
     return sorted(names)
@@ -216,7 +225,7 @@ def test_a_closed_connection_leaves_no_garbage_cycles(
     for _ in range(3):
         yield ending(served)
     yield until(lambda: served.quiet() and served.group.ready, what="the server's side of the connections closed")
-    found = connection_garbage(keep_garbage())
+    found = connection_garbage(keep_garbage(), served.port)
     assert not found, f"{len(found)} objects of connections were left in reference cycles: {sorted(set(found))}"
 
 

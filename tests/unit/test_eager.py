@@ -234,6 +234,37 @@ def test_lose_connection_delivers_then_closes_and_abort_sends_nothing_more():  #
         yield port.stopListening()
 
 
+class CountingSends:
+    """A transport's socket, with the bytes of each ``send`` recorded."""
+
+    def __init__(self, sock: socket.socket, sends: list[bytes]) -> None:
+        self._sock, self._sends = sock, sends
+
+    def send(self, data: bytes, *flags: int) -> int:
+        self._sends.append(bytes(data))
+        return self._sock.send(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest_twisted.inlineCallbacks
+def test_closing_with_nothing_queued_sends_nothing_more():  # type: ignore[no-untyped-def]
+    port, client, server = yield connected()
+    try:
+        sends: list[bytes] = []
+        server.transport.socket = CountingSends(server.transport.socket, sends)
+        server.transport.write(b"bye")
+        server.transport.loseConnection()
+        yield server.lost
+        assert sends == [b"bye"], "Twisted's doWrite sends its empty queue before closing; ours does not"
+        client.settimeout(5)
+        assert read_exactly(client, 3) == b"bye" and client.recv(100) == b""
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
 @implementer(IPullProducer)
 class Pulled:
     def resumeProducing(self) -> None:
