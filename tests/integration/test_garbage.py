@@ -160,13 +160,19 @@ GET = b"GET /echo HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
 @inlineCallbacks
-def idle_keep_alive_closed_by_the_client(server: Served) -> Generator[Deferred[Any], Any, None]:
-    client = yield server.connect(GET)
-    yield until(lambda: b"HTTP/1.1 200" in client.received and all(p.sessions == 0 for p in server.group.ready),
-                what="the response")
+def exchange(server: Served, data: bytes, ready: Callable[[Client], bool], what: str,
+             abort: bool = False) -> Generator[Deferred[Any], Any, None]:
+    """On a new connection: send ``data``, wait until ``ready``, then close it (or abort it)."""
+    client = yield server.connect(data)
+    yield until(lambda: ready(client), what=what)
     assert client.transport is not None
-    client.transport.loseConnection()
+    (client.transport.abortConnection if abort else client.transport.loseConnection)()
     yield client.closed
+
+
+def idle_keep_alive_closed_by_the_client(server: Served) -> Deferred[None]:
+    return exchange(server, GET, lambda client: b"HTTP/1.1 200" in client.received
+                    and all(p.sessions == 0 for p in server.group.ready), "the response")
 
 
 @inlineCallbacks
@@ -176,40 +182,24 @@ def connection_close_answered(server: Served) -> Generator[Deferred[Any], Any, N
     assert client.received.startswith(b"HTTP/1.1 200")
 
 
-@inlineCallbacks
-def client_leaves_mid_response(server: Served) -> Generator[Deferred[Any], Any, None]:
-    client = yield server.connect(b"GET /bytes?n=200000000 HTTP/1.1\r\nHost: test\r\n\r\n")
-    yield until(lambda: len(client.received) > 1_000_000, what="a part of the body")
-    assert client.transport is not None
-    client.transport.abortConnection()
-    yield client.closed
+def client_leaves_mid_response(server: Served) -> Deferred[None]:
+    return exchange(server, b"GET /bytes?n=200000000 HTTP/1.1\r\nHost: test\r\n\r\n",
+                    lambda client: len(client.received) > 1_000_000, "a part of the body", abort=True)
 
 
-@inlineCallbacks
-def client_leaves_inside_the_head(server: Served) -> Generator[Deferred[Any], Any, None]:
-    client = yield server.connect(b"GET /echo HTTP/1.1\r\nHost: te")
-    yield until(lambda: server.connections() == 1, what="the connection accepted")
-    assert client.transport is not None
-    client.transport.loseConnection()
-    yield client.closed
+def client_leaves_inside_the_head(server: Served) -> Deferred[None]:
+    return exchange(server, b"GET /echo HTTP/1.1\r\nHost: te", lambda client: server.connections() == 1,
+                    "the connection accepted")
 
 
-@inlineCallbacks
-def app_ends_the_body_by_closing(server: Served) -> Generator[Deferred[Any], Any, None]:
-    client = yield server.connect(b"GET /close HTTP/1.1\r\nHost: test\r\n\r\n" + GET)
-    yield until(lambda: client.received.count(b"HTTP/1.1 200") == 2, what="both responses")
-    assert client.transport is not None
-    client.transport.loseConnection()
-    yield client.closed
+def app_ends_the_body_by_closing(server: Served) -> Deferred[None]:
+    return exchange(server, b"GET /close HTTP/1.1\r\nHost: test\r\n\r\n" + GET,
+                    lambda client: client.received.count(b"HTTP/1.1 200") == 2, "both responses")
 
 
-@inlineCallbacks
-def app_dies_mid_request(server: Served) -> Generator[Deferred[Any], Any, None]:
-    client = yield server.connect(b"POST /exit HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
-    yield until(lambda: b"HTTP/1.1 502" in client.received, what="502 Bad Gateway")
-    assert client.transport is not None
-    client.transport.loseConnection()
-    yield client.closed
+def app_dies_mid_request(server: Served) -> Deferred[None]:
+    return exchange(server, b"POST /exit HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n",
+                    lambda client: b"HTTP/1.1 502" in client.received, "502 Bad Gateway")
 
 
 @pytest.mark.parametrize("ending", [
