@@ -198,6 +198,9 @@ def app_ends_the_body_by_closing(server: Served) -> Deferred[None]:
 
 
 def app_dies_mid_request(server: Served) -> Deferred[None]:
+    """The app connection's side: the client's are still alive here, held by the warning about the
+    502 (its ``log_source``) in Twisted's buffer of the events before logging begins, which a
+    server under twistd has begun."""
     return exchange(server, b"POST /exit HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n",
                     lambda client: b"HTTP/1.1 502" in client.received, "502 Bad Gateway")
 
