@@ -77,6 +77,8 @@ class PassengerEPollReactor(EPollReactor):
         self.dispatching = False
         #: The transports holding writes of this pass (``fastpath.send_corked``).
         self.corked: list[Any] = []
+        #: The transports to close once the pass's sends are made (``fastpath.close_pending``).
+        self.closing: list[Any] = []
         #: Seconds to keep polling without sleeping after a pass with events (0: sleep at once).
         self.busy_poll = 0.0
         #: The last poll returned events, so the next may spin.

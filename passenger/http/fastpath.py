@@ -75,6 +75,29 @@ def run_pass(reactor: Any, events: list[tuple[int, int]]) -> None:
     finally:
         reactor.dispatching = False
         send_corked(reactor)
+        if reactor.closing:
+            close_pending(reactor)
+
+
+def close_pending(reactor: Any) -> None:
+    """Close the connections that ``loseConnection`` left to the end of the pass
+    (``EagerWrites.loseConnection``), now that what they held is sent.
+
+    Twisted's way, asking for writability and closing from the next pass's ``doWrite``, cost two
+    ``epoll_ctl`` and a pass per connection.  One whose bytes the kernel did not all take (they
+    are in Twisted's queue now) is left to that way."""
+    closing: list[Any] = reactor.closing
+    reactor.closing = []
+    for transport in closing:
+        if not transport.connected or transport._aborting:
+            continue  # closed or aborted meanwhile
+        if transport._tempDataLen or transport.dataBuffer or transport.producer is not None:
+            transport.startWriting()  # doWrite sends the rest, then closes
+            continue
+        try:
+            reactor._disconnectSelectable(transport, CONNECTION_DONE, False)
+        except BaseException:
+            log.err()  # as the reactor would, and the others still close
 
 
 def read_event(reactor: Any, transport: Any) -> None:

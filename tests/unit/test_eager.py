@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -469,6 +469,52 @@ def test_closing_in_a_pass_sends_what_it_held_first(passes):  # type: ignore[no-
     protocol, client = run(script)
     turn_until(reactor, lambda: protocol.lost)
     assert protocol.seen_in_pass + read_to_end(client) == b"last words"
+
+
+def test_closing_in_a_pass_closes_as_it_ends_without_asking_for_writability(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+    asked: list[Any] = []
+    add_writer = reactor.addWriter
+    reactor.addWriter = lambda writer: (asked.append(writer), add_writer(writer))
+
+    def script(transport: Any) -> None:
+        transport.write(b"bye")
+        transport.loseConnection()
+
+    protocol, client = run(script)
+    assert protocol.lost and protocol.reason.check(ConnectionDone), "closed when the pass ended"
+    assert asked == [], "Twisted's way registers for writability and closes from the next pass's doWrite"
+    assert protocol.seen_in_pass + read_to_end(client) == b"bye"
+
+
+@pytest.mark.parametrize("held", [b"held ", b""], ids=["after held bytes", "with nothing held"])
+def test_a_write_after_closing_in_a_pass_arrives_before_the_close(passes, held):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+
+    def script(transport: Any) -> None:
+        if held:
+            transport.write(held)
+        transport.loseConnection()
+        transport.write(b"late")
+
+    protocol, client = run(script)
+    turn_until(reactor, lambda: protocol.lost)
+    assert protocol.reason.check(ConnectionDone)
+    assert protocol.seen_in_pass + read_to_end(client) == held + b"late"
+
+
+def test_aborting_after_closing_in_a_pass_drops_what_was_held_as_in_twisted(passes):  # type: ignore[no-untyped-def]
+    reactor, run = passes
+
+    def script(transport: Any) -> None:
+        transport.write(b"never sent")
+        transport.loseConnection()
+        transport.abortConnection()
+
+    protocol, client = run(script)
+    turn_until(reactor, lambda: protocol.lost)
+    assert protocol.reason.check(ConnectionAborted)
+    assert protocol.seen_in_pass + read_to_end(client) == b""
 
 
 def test_aborting_in_a_pass_drops_what_it_held(passes):  # type: ignore[no-untyped-def]
