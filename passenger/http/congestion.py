@@ -32,11 +32,14 @@ def is_local(peer: str, local: str) -> bool:
     IPv6, or IPv4 mapped into IPv6), or the same address at both ends?  The addresses are as the
     socket reports them (dotted quads, compressed IPv6), so their text says it without a parse (a
     parse cost every connection from another host 1.8 µs)."""
-    if peer == local:
-        return True
-    if peer.startswith("::ffff:"):
-        peer = peer[7:]
-    return peer.startswith("127.") or peer == "::1"
+    return peer == local or is_loopback(peer)
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``address`` (as a socket reports it) a loopback address, IPv4, IPv6 or IPv4 mapped into IPv6?"""
+    if address.startswith("::ffff:"):
+        address = address[7:]
+    return address.startswith("127.") or address == "::1"
 
 
 def tcp_socket(transport: Any) -> socket.socket | None:

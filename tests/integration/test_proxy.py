@@ -365,6 +365,20 @@ def test_x_forwarded_proto_and_host(echo: Server) -> None:
     assert values(headers, "X-Forwarded-Host") == ["example.test:8080"], headers
 
 
+def test_x_forwarded_port_is_the_listening_port_on_every_connection(echo: Server) -> None:
+    for _ in range(2):  # the second connection is told the port the first found
+        with Client(echo.port) as client:
+            headers = echo_headers(client.request("GET", "/echo"))
+        assert values(headers, "X-Forwarded-Port") == [str(echo.port)], headers
+
+
+def test_an_http10_request_without_host_gets_the_address_it_came_to(echo: Server) -> None:
+    with Client(echo.port) as client:
+        client.send(b"GET /echo HTTP/1.0\r\n\r\n")
+        headers = echo_headers(client.read_response("GET"))
+    assert values(headers, "Host") == [f"127.0.0.1:{echo.port}"], headers
+
+
 def test_host_is_preserved(echo: Server) -> None:
     with Client(echo.port) as client:
         headers = echo_headers(client.request("GET", "/echo", {"Host": "Some.Example.test:1234"}))

@@ -234,6 +234,21 @@ def test_lose_connection_delivers_then_closes_and_abort_sends_nothing_more():  #
         yield port.stopListening()
 
 
+@pytest_twisted.inlineCallbacks
+def test_an_accepted_connection_has_tcp_nodelay_from_its_listening_socket():  # type: ignore[no-untyped-def]
+    port, client, server = yield connected()
+    try:
+        accepted = server.transport.socket
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "Linux passes it on from the listener"
+        server.transport.setTcpNoDelay(True)  # nothing to do
+        assert server.transport.getTcpNoDelay()
+        server.transport.setTcpNoDelay(False)  # still Twisted's
+        assert not accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.close()
+        yield port.stopListening()
+
+
 class CountingSends:
     """A transport's socket, with the bytes of each ``send`` recorded."""
 
