@@ -13,7 +13,6 @@ connection's reads when the client is slow to take the response.
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import os
 import tempfile
@@ -175,7 +174,9 @@ class FrontProtocol(ConnectionProtocol):
         self.parser = HttpRequestParser(self)
         self.parsing: Request | None = None
         self.active: Request | None = None
-        self.pipeline: collections.deque[Request] = collections.deque()
+        #: Requests parsed behind the active one (a list: a deque is 760 bytes, an empty list 56, and
+        #: pipelines are short: reading pauses behind a waiting request).
+        self.pipeline: list[Request] = []
         self.process: AppProcess | None = None
         self.upstream: UpstreamConnection | None = None
         self.paused = 0
@@ -890,7 +891,7 @@ class FrontProtocol(ConnectionProtocol):
         factory = self.factory
         if self.pipeline:
             self.deadline = 0.0
-            self._start(self.pipeline.popleft())
+            self._start(self.pipeline.pop(0))
         elif self.parsing is not None:  # the next request is on its way
             self.deadline = self.seconds() + factory.head_timeout
         else:
