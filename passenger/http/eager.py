@@ -104,11 +104,10 @@ class EagerWrites:
         self._quiet = False
         this: Any = self  # with the Twisted transport this class is mixed into
         reactor = this.reactor
-        if (getattr(reactor, "dispatching", False) and this.connected and not this.disconnecting
-                and not this._writeDisconnected and this.producer is None and not this._tempDataLen
-                and not this.dataBuffer):
-            # In a pass, nothing queued in Twisted: what is held leaves with the pass's sends, and
-            # the connection closes right after them (fastpath.close_pending).
+        if getattr(reactor, "dispatching", False) and this.producer is None and not fastpath.queueing(self):
+            # In a pass, nothing left to Twisted (no queued bytes, no close or half-close under way, no
+            # producer): what is held leaves with the pass's sends, and the connection closes right
+            # after them (fastpath.close_pending).
             this.stopReading()
             this.disconnecting = 1
             reactor.closing.append(self)
