@@ -98,10 +98,15 @@ class Server:
         return self
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """The whole log: twistd rotates it every megabyte (to .1, .2, ...; the highest is the oldest)."""
+        rotated = [p for p in self.log_path.parent.glob(self.log_path.name + ".*") if p.suffix[1:].isdigit()]
+        text = []
+        for path in [*sorted(rotated, key=lambda p: -int(p.suffix[1:])), self.log_path]:
+            try:
+                text.append(path.read_text(errors="replace"))
+            except FileNotFoundError:  # not written yet, or rotated meanwhile
+                pass
+        return "".join(text)
 
     def wait_log(self, pattern: str, count: int = 1, timeout: float = 20.0) -> list[re.Match[str]]:
         def found() -> list[re.Match[str]] | None:

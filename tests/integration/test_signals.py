@@ -410,12 +410,16 @@ def test_sigusr1_reopens_the_log_file_after_logrotate_renamed_it(serve: Serve) -
         server.log_path.rename(rotated)  # what logrotate does (without copytruncate)
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGUSR1)
-        server.wait_log(r"Reopened the log file")  # in the new file at the original path
+        def new_file() -> str:  # server.log() would read the renamed file too, as rotated twistd logs
+            return server.log_path.read_text() if server.log_path.exists() else ""
+
+        wait_for(lambda: "Reopened the log file" in new_file(), 10, what="the reopen, in the new file")
         old_after_reopen = rotated.read_text()
 
         assert fetch(server.port, "/after-rotation").status == 200
-        server.wait_log(rf"App {pid} stdout: request GET /after-rotation\n")
-        assert f"Process {pid} of apps is ready" not in server.log(), "the new file has lines from before"
+        wait_for(lambda: f"App {pid} stdout: request GET /after-rotation\n" in new_file(), 10,
+                 what="the request, in the new file")
+        assert f"Process {pid} of apps is ready" not in new_file(), "the new file has lines from before"
         assert rotated.read_text() == old_after_reopen, "the server still writes to the renamed file"
         assert "/after-rotation" not in rotated.read_text()
         assert f"Process {pid} of apps is ready" in rotated.read_text()
