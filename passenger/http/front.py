@@ -49,7 +49,7 @@ from passenger.http.headers import (
 from passenger.http.response_buffer import ResponseBuffer
 from passenger.http.router import Router
 from passenger.http.static import StaticFile, StaticFiles
-from passenger.http.upstream import UpstreamConnection, UpstreamFactory
+from passenger.http.upstream import BODY_UNTIL_CLOSE, UpstreamConnection, UpstreamFactory
 from passenger.pool.process import IDLE_CONNECTIONS, READY
 from passenger.spawn.report import SpawnReport, error_answer
 
@@ -569,6 +569,7 @@ class FrontProtocol(ConnectionProtocol):
         if request.has_body and not request.complete and (
                 app.buffer_upload if app.buffer_upload is not None else bool(app.concurrency)):
             request.buffering = True  # placed once the whole body is here (on_message_complete)
+            self._invite_body(request)  # the buffer is where it goes
             return
         self._place(request)
 
@@ -628,9 +629,7 @@ class FrontProtocol(ConnectionProtocol):
         app = self.group.app
         if app.max_request_time:
             self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
-        if request.expect_continue and not request.complete and not request.sent and self.transport is not None:
-            request.expect_continue = False
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # now the body has somewhere to go
+        self._invite_body(request)  # the process is where it goes
         if process.sticky_id is not None:
             request.response_extra = request.id_line + b"Set-Cookie: %s=%d; Path=%s; %s\r\n" % (
                 app.sticky_sessions_cookie_name.encode(), process.sticky_id, app.base_uri.encode(),
@@ -642,6 +641,12 @@ class FrontProtocol(ConnectionProtocol):
             self.upstream_connected(upstream)
         else:
             process.connect(self.factory.reactor, UpstreamFactory(process, self))
+
+    def _invite_body(self, request: Request) -> None:
+        """"100 Continue" for a client that waits for it before sending the body, once the body has somewhere to go."""
+        if request.expect_continue and not request.complete and not request.sent and self.transport is not None:
+            request.expect_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def reject(self, status: int, title: str, detail: str) -> None:
         """Waiter: no process will come."""
@@ -697,9 +702,7 @@ class FrontProtocol(ConnectionProtocol):
             self.group.stats.upstream_errors += 1
             self.log.warn("Process {pid} of {app} closed the connection in the middle of a response",
                           pid=process.pid, app=process.app)
-            self._release()
-            if self.transport is not None:
-                self.transport.abortConnection()
+            self._end_early(upstream)
             return
         if (upstream.reused and not upstream.answered and request.method in SAFE_METHODS
                 and not request.has_body and process.state == READY):
@@ -721,10 +724,25 @@ class FrontProtocol(ConnectionProtocol):
         self.upstream = None
         self._release()
         if self.responding:
-            if self.transport is not None:
-                self.transport.abortConnection()
+            self._end_early(upstream)
         else:
             self._send_error(502, "Bad Gateway", "The application sent an invalid response.")
+
+    def _end_early(self, upstream: UpstreamConnection) -> None:
+        """The app's part of a response that has begun ended early: it closed, broke the framing, or was cut off.
+
+        Where the client can see from the framing (a length, or chunks) that the response is incomplete, what
+        the app sent is delivered and then the connection closes.  Where the close itself ends the body
+        (HTTP/1.0 without a length), the connection is reset instead, so the part is not taken for the whole."""
+        request = self.active
+        if request is None or upstream.mode == BODY_UNTIL_CLOSE:
+            self.upstream = None
+            self._release()
+            if self.transport is not None:
+                self.transport.abortConnection()
+            return
+        request.keep_alive = False
+        self.end_response(upstream, False)
 
     def _release(self) -> None:
         process, self.process = self.process, None
@@ -747,11 +765,17 @@ class FrontProtocol(ConnectionProtocol):
         self.cut_off(process, "The application did not answer within its max_request_time.")
 
     def cut_off(self, process: AppProcess, detail: str) -> None:
-        """The server gives up on this request to ``process``: 504, or a cut connection if the response began."""
+        """The server gives up on this request to ``process``: 504, or if the response began, it ends early."""
         if self.process is not process:
             return
+        upstream = self.upstream
+        if self.responding and not self.tunnel and upstream is not None:
+            self._end_early(upstream)
+            if upstream.transport is not None:
+                upstream.transport.abortConnection()  # after the close _end_early asked for: the app is stuck
+            return
         self._cancel_request_timer()
-        upstream, self.upstream = self.upstream, None
+        self.upstream = None
         if upstream is not None:
             upstream.front = None
             if upstream.transport is not None:

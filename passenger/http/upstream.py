@@ -232,8 +232,8 @@ class UpstreamConnection(ConnectionProtocol):
             self._flush()
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
-            self.out = None
             self._bad_response(str(e))
+            self.out = None
             return
         else:
             self._flush()
@@ -532,7 +532,10 @@ class UpstreamConnection(ConnectionProtocol):
         if front is not None:
             if self.head_unsent:  # nothing of this response reached the client: it can still get a 502
                 self.head_unsent = False
+                self.out = None
                 front.unbegin_response()
+            else:
+                self._flush()  # the body's good part, parsed before the error, goes to the client
             front.bad_response(self, why)
         self.front = None
         if self.transport is not None:

@@ -45,6 +45,24 @@ def test_a_slow_upload_does_not_hold_the_only_process(serve) -> None:  # type: i
     assert (seen["body_length"], seen["body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
 
 
+def test_a_buffered_upload_that_expects_100_continue_gets_it_at_once(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve(echo_app_args(*ONE_PROCESS))  # buffered: no process is chosen before the body is in
+    body = os.urandom(200_000)
+    with connect(server.port) as uploader:
+        uploader.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n"
+                         b"Expect: 100-continue\r\n\r\n" % len(body))
+        uploader.settimeout(5)  # curl waits 1 s and then sends anyway; other clients wait longer or for good
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += uploader.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        uploader.sendall(body)
+        head, reply = answer(uploader)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    seen = json.loads(reply)
+    assert (seen["body_length"], seen["body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
 def test_a_buffered_chunked_upload_reaches_the_app_with_its_length(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve(echo_app_args(*ONE_PROCESS))
     body = os.urandom(3 * 1024 * 1024)  # past the memory part: spooled to a file

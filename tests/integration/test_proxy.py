@@ -777,3 +777,68 @@ def test_expect_100_continue(echo: Server) -> None:
     info = response.json()
     assert info["body_length"] == len(body)
     assert info["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# 9. A response the app ends early: what it sent arrives, then a close the client can tell.
+# --------------------------------------------------------------------------------------
+
+
+def until_closed(request: bytes, port: int) -> tuple[bytes, bytes, str]:
+    """Send ``request`` on a new connection and read until the server ends it: (head, body, "closed" or "reset")."""
+    data, how = b"", "closed"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            how = "reset"
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body, how
+
+
+def chunks(count: int) -> bytes:
+    """echo_app's /chunked pieces, each framed as a chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(b"chunk-%d\n" % i), b"chunk-%d\n" % i) for i in range(count))
+
+
+def test_a_length_framed_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(echo: Server) -> None:
+    head, body, how = until_closed(b"GET /lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 320000" in head.lower(), head
+    assert body == b"".join(b"%015x\n" % i for i in range(3000)), "every byte the app sent, and no more"
+    assert how == "closed", "a plain close: the length already tells the client the response is short"
+    echo.wait_log(r"Process \d+ of \S+ closed the connection in the middle of a response")
+
+
+def test_a_chunked_response_the_app_cuts_arrives_without_its_last_chunk_then_closes(echo: Server) -> None:
+    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower(), head
+    assert body == chunks(5), "the chunks the app sent, and no last chunk"
+    assert how == "closed"
+
+
+def test_a_broken_chunk_ends_the_response_after_the_good_ones(echo: Server) -> None:
+    head, body, how = until_closed(b"GET /chunked?n=5&then=bad HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == chunks(5), "the good chunks; nothing of the broken one, and no last chunk"
+    assert how == "closed"
+    echo.wait_log(r"Process \d+ of \S+ sent an invalid response")
+
+
+def test_an_http10_client_whose_response_the_app_cuts_is_reset(echo: Server) -> None:
+    """Without a length or chunks, the close ends an HTTP/1.0 body: a plain close would pass the part for whole."""
+    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.0\r\n\r\n", echo.port)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length" not in head.lower(), head
+    assert b"".join(b"chunk-%d\n" % i for i in range(5)).startswith(body), body
+    assert how == "reset"
+
+
+def test_max_request_time_ends_a_response_that_began_after_what_was_sent(serve: Callable[..., Server]) -> None:
+    server = serve(echo_app_args("--max-request-time", "1"))
+    started = time.monotonic()
+    head, body, how = until_closed(b"GET /chunked?n=2&then=hang HTTP/1.1\r\nHost: t\r\n\r\n", server.port)
+    assert 0.9 < time.monotonic() - started < 10
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == chunks(2) and how == "closed", (body, how)
+    server.wait_log(r"ran longer than 1(\.0)?s \(max_request_time\)")
