@@ -734,17 +734,18 @@ BROKEN = [("cl-te",), ("two-cl",), ("bad-cl",), ("bad-chunk",), ("nul-header",),
 @pytest.mark.parametrize("kind", cases("broken-response", [(k, k) for (k,) in BROKEN]))
 def test_broken_response_gives_502(app: Server, kind: str) -> None:
     target = f"/__broken?kind={kind}"
-    conn = exchange(app.port, f"GET {target} HTTP/1.1\r\nHost: strict.test\r\n\r\n".encode(), timeout=5)
+    # A second request on the same connection, which then closes: whatever the server passed on of the
+    # broken response would show between the two answers.
+    conn = exchange(app.port, f"GET {target} HTTP/1.1\r\nHost: strict.test\r\n\r\n".encode()
+                    + b"GET /after-broken HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", timeout=10)
     record = take_record(app)
     what = f"{conn.summary()}; raw {conn.data[:300]!r}; app received {describe(record)}"
+    assert conn.eof, what
     assert b"SMUGGLED" not in conn.data, what
     got, _ = parse_replies(conn.data, conn.eof)
-    assert [r.status for r in got] == [502], what
+    assert [r.status for r in got] == [502, 200], what
     # Sent once (not retried), and the server goes on.
-    assert [e.get("target") for e in record] == [target], what
-    after = exchange(app.port, b"GET /after-broken HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", replies=1)
-    assert [r.status for r in parse_replies(after.data, after.eof)[0]] == [200], after.summary()
-    take_record(app)
+    assert [e.get("target") for e in record] == [target, "/after-broken"], what
 
 
 # --------------------------------------------------------------------------------------
