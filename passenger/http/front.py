@@ -629,7 +629,8 @@ class FrontProtocol(ConnectionProtocol):
         app = self.group.app
         if app.max_request_time:
             self.request_timer = self.factory.reactor.callLater(app.max_request_time, self._ran_too_long, process)
-        self._invite_body(request)  # the process is where it goes
+        if request.expect_continue:
+            self._invite_body(request)  # the process is where it goes
         if process.sticky_id is not None:
             request.response_extra = request.id_line + b"Set-Cookie: %s=%d; Path=%s; %s\r\n" % (
                 app.sticky_sessions_cookie_name.encode(), process.sticky_id, app.base_uri.encode(),

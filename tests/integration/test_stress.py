@@ -3,7 +3,7 @@
 The other integration tests check one behaviour at a time.  Here 24 client
 threads, each with its own seeded random choices, mix every way a client can
 use a connection for several seconds: keep-alive exchanges of every kind of
-body and framing, pipelined requests, writes split at random places, HTTP/1.0,
+body and framing (static files and their ranges too), pipelined requests, writes split at random places, HTTP/1.0,
 slow readers, bad requests, and clients that leave in the middle of a request
 or of a response, closing or resetting.  Every answer that a client waits for
 is checked byte for byte; afterwards the server must still be up and serving,
@@ -258,7 +258,33 @@ def _sleep(rng: random.Random) -> tuple[bytes, str, Check]:
     return request("GET", f"/sleep?ms={rng.choice([1, 20, 100])}"), "GET", check
 
 
-EXCHANGES = [_hello, _echo, _bytes, _chunked, _head, _status, _sleep]
+#: The files of the server's --static-files-dir (written once, by the fixture), and what each holds.
+STATIC_FILES = {f"f{size}.bin": random.Random(size).randbytes(size) for size in (0, 1000, 300_000, 3 * MiB)}
+
+
+def _static(rng: random.Random) -> tuple[bytes, str, Check]:
+    """A file the server serves itself: whole, or one byte range of it, or its head."""
+    name = rng.choice(list(STATIC_FILES))
+    content = STATIC_FILES[name]
+    method = "HEAD" if rng.random() < 0.1 else "GET"
+    headers = []
+    if content and rng.random() < 0.4:
+        first = rng.randrange(len(content))
+        last = rng.randrange(first, len(content))
+        headers = [("Range", f"bytes={first}-{last}")]
+
+    def check(r: Response) -> None:
+        if headers:
+            assert r.status == 206 and r.headers["content-range"] == f"bytes {first}-{last}/{len(content)}", r
+            wanted = content[first:last + 1]
+        else:
+            assert r.status == 200 and int(r.headers["content-length"]) == len(content), r
+            wanted = content
+        assert r.body == (b"" if method == "HEAD" else wanted), (name, headers, len(r.body))
+    return request(method, f"/{name}", headers=headers), method, check
+
+
+EXCHANGES = [_hello, _echo, _bytes, _chunked, _head, _status, _sleep, _static]
 
 
 # --------------------------------------------------------------------------------------
@@ -287,7 +313,7 @@ def pipelined(dial: Dial, rng: random.Random) -> None:
     """Two to six requests in one write (bodies small enough for the pipeline); answers in order."""
     conn = dial()
     try:
-        exchanges = [rng.choice([_hello, _chunked, _head, _status, _small_echo])(rng) for _ in range(rng.randint(2, 6))]
+        exchanges = [rng.choice([_hello, _chunked, _head, _status, _small_echo, _static])(rng) for _ in range(rng.randint(2, 6))]
         conn.send(b"".join(data for data, _, _ in exchanges), rng)
         for _, method, check in exchanges:
             check(conn.response(method))
@@ -312,9 +338,9 @@ def leaves_mid_request(dial: Dial, rng: random.Random) -> None:
 
 
 def leaves_mid_response(dial: Dial, rng: random.Random) -> None:
-    """Asks for 4 MiB and leaves after reading some of it (or none)."""
+    """Asks for 3 or 4 MiB (from the app, or a static file) and leaves after reading some of it (or none)."""
     conn = dial()
-    conn.send(request("GET", f"/bytes?n={4 * MiB}"))
+    conn.send(request("GET", rng.choice([f"/bytes?n={4 * MiB}", f"/f{3 * MiB}.bin"])))
     want = rng.choice([0, 100, 200_000, MiB])
     while len(conn.buffer) < want and conn._fill():
         pass
@@ -502,7 +528,10 @@ class Stressed:
 def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stressed]:
     configuration = CONFIGURATIONS[request.param]
     registry = world_dir("registry", 0o755)
-    args = [*configuration.args]
+    static = world_dir("static", 0o755)
+    for name, content in STATIC_FILES.items():
+        (static / name).write_bytes(content)
+    args = [*configuration.args, "--static-files-dir", str(static)]
     context = None
     if configuration.tls:
         ca = trustme.CA()
