@@ -6,8 +6,8 @@
   /sleep?ms=N       answers after N ms (threads: other requests go on)
   /status?code=N    empty answer with that status
   /chunked?n=K      K chunks of "chunk-i\\n" with Transfer-Encoding: chunked
-                    (&then=cut: then close without the last chunk; &then=bad: an invalid chunk, then
-                    close; &then=hang: then wait &ms=N, 30000 by default, before the last chunk)
+                    (&then=cut: then close without the last chunk; &then=bad: 0.1 s later an invalid
+                    chunk, then close; &then=hang: then wait &ms=N, 30000 by default, before the last chunk)
   /close            body framed by closing the connection (no length, not chunked)
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /lines?n=K        K numbered 16-byte lines ("%015x\n"), in 64 KiB writes: order and loss show
@@ -153,6 +153,7 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(query.get("ms", "30000")) / 1000)
             elif then in ("cut", "bad"):  # ends without its last chunk, or with a broken one
                 if then == "bad":
+                    time.sleep(0.1)  # the good chunks reach the server first, in a read of their own
                     self.wfile.write(b"zz\r\nnot a chunk\r\n")
                 self.wfile.flush()
                 self.close_connection = True
