@@ -8,9 +8,10 @@ slow readers, bad requests, and clients that leave in the middle of a request
 or of a response, closing or resetting.  Every answer that a client waits for
 is checked byte for byte; afterwards the server must still be up and serving,
 must have let every client connection go, must show no busy process in its
-pool, and must have logged no traceback.  Five configurations: the defaults;
+pool, and must have logged no traceback.  Six configurations: the defaults;
 no io_uring with busy polling; restarts every half second with recycled
-processes and buffered uploads; TLS; a known concurrency, where requests queue.
+processes and buffered uploads; TLS; a known concurrency, where requests queue;
+apps on Unix sockets (the Kuria protocol).
 
 A failure names the client and the exchange, and ``STRESS_SEED=<seed>``
 replays the same choices (not the same timing).  ``STRESS_SECONDS`` makes the
@@ -38,6 +39,8 @@ import pytest
 import trustme
 
 from tests.integration.conftest import (
+    APP_PYTHON,
+    APPS,
     ECHO_GROUP,
     TCP_CLOSE_WAIT,
     TCP_ESTABLISHED,
@@ -498,6 +501,8 @@ class Configuration:
     restarting: bool = False
     #: Serve HTTPS (a trustme certificate), and the clients speak TLS.
     tls: bool = False
+    #: The apps speak the Kuria protocol and listen on Unix sockets (kuria_echo_app.py, echo_app's endpoints).
+    kuria: bool = False
 
 
 CONFIGURATIONS = {
@@ -510,6 +515,7 @@ CONFIGURATIONS = {
     # Two requests at a time per process, at most three processes: requests wait in the queue, clients
     # leave while theirs waits, and uploads are buffered (the default for a known concurrency).
     "queued": Configuration(["--concurrency", "2"]),
+    "unix-socket-apps": Configuration(kuria=True),
 }
 
 
@@ -543,8 +549,13 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
         args += ["--ssl", "--ssl-certificate", str(cert), "--ssl-certificate-key", str(key)]
         context = ssl.create_default_context()
         ca.configure_trust(context)
-    server = Server(tmp_path, echo_app_args("--min-instances", "2", "--max-pool-size", "3",
-                                            "--instance-registry-dir", str(registry), *args))
+    if configuration.kuria:
+        app = ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_echo_app.py",
+               "--app-supports-kuria-protocol"]
+    else:
+        app = echo_app_args()
+    server = Server(tmp_path, [*app, "--min-instances", "2", "--max-pool-size", "3",
+                               "--instance-registry-dir", str(registry), *args])
     try:
         server.start(ready=2)
         yield Stressed(server, unix_admin(registry, server), configuration, context)
