@@ -12,6 +12,7 @@
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /lines?n=K        K numbered 16-byte lines ("%015x\n"), in 64 KiB writes: order and loss show
                     (&cut=C: the length says K lines, but the app closes after C of them)
+  /upgrade          with "Upgrade: echo": 101, "welcome\\n", then every byte sent back until the client closes
   /exit             the process exits without answering
   /alloc?mb=N       the process allocates N MB more and keeps it (for memory limits)
 Anything else: "Hello from <pid>".
@@ -110,6 +111,16 @@ class Handler(BaseHTTPRequestHandler):
         path = _route_path(url.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         body = self._body()
+        if path == "/upgrade" and self.headers.get("Upgrade", "").lower() == "echo":
+            self.send_response(101)
+            self.send_header("Upgrade", "echo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.write(b"welcome\n")
+            self.close_connection = True
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data)
+            return
         if path == "/pid":
             return self._send(200, str(os.getpid()).encode())
         if path == "/echo":

@@ -4,8 +4,8 @@ The other integration tests check one behaviour at a time.  Here 24 client
 threads, each with its own seeded random choices, mix every way a client can
 use a connection for several seconds: keep-alive exchanges of every kind of
 body and framing (static files and their ranges too), pipelined requests, writes split at random places, HTTP/1.0,
-slow readers, bad requests, and clients that leave in the middle of a request
-or of a response, closing or resetting.  Every answer that a client waits for
+slow readers, bad requests, upgraded connections (101), and clients that leave
+in the middle of a request or of a response, closing or resetting.  Every answer that a client waits for
 is checked byte for byte; afterwards the server must still be up and serving,
 must have let every client connection go, must show no busy process in its
 pool, and must have logged no traceback.  Six configurations: the defaults;
@@ -64,6 +64,10 @@ class Stuck(AssertionError):
     pass
 
 
+class Closed(AssertionError):
+    """The server closed the connection before what was expected arrived."""
+
+
 class Connection:
     """A client socket with a read buffer, and an HTTP/1.1 response reader over it."""
 
@@ -102,14 +106,14 @@ class Connection:
     def read_until(self, marker: bytes) -> bytes:
         while marker not in self.buffer:
             if not self._fill():
-                raise AssertionError(f"connection closed before {marker!r}; had {self.buffer[:200]!r}")
+                raise Closed(f"connection closed before {marker!r}; had {self.buffer[:200]!r}")
         head, _, self.buffer = self.buffer.partition(marker)
         return head
 
     def read_exactly(self, size: int) -> bytes:
         while len(self.buffer) < size:
             if not self._fill():
-                raise AssertionError(f"connection closed after {len(self.buffer)} of {size} bytes")
+                raise Closed(f"connection closed after {len(self.buffer)} of {size} bytes")
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
 
@@ -428,6 +432,35 @@ def app_cuts_response(dial: Dial, rng: random.Random) -> None:
         conn.close()
 
 
+#: Whether an upgraded connection may be cut before the client ends it (a restart aborts the old processes'
+#: tunnels, as Passenger does); set by the test for its configuration.
+TUNNELS_MAY_BE_CUT = False
+
+
+def tunnel(dial: Dial, rng: random.Random) -> None:
+    """An upgraded connection (101): bytes both ways until the client ends it, echoed in order and whole."""
+    conn = dial()
+    try:
+        conn.send(b"GET /upgrade HTTP/1.1\r\nHost: stress.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        head = conn.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert conn.read_exactly(8) == b"welcome\n"
+        for _ in range(rng.randint(1, 6)):
+            payload = rng.randbytes(rng.choice([1, 1000, 70_000, 300_000]))
+            conn.send(payload, rng)
+            try:
+                echoed = conn.read_exactly(len(payload))
+            except Closed:
+                assert payload.startswith(conn.buffer), "what came before the cut is out of order"
+                raise
+            assert echoed == payload, (len(echoed), len(payload))
+    except (Closed, ConnectionResetError, BrokenPipeError):
+        if not TUNNELS_MAY_BE_CUT:
+            raise
+    finally:
+        conn.close(reset=rng.random() < 0.3)
+
+
 BAD_REQUESTS = [
     b"GARBAGE\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
@@ -453,7 +486,7 @@ def bad_request(dial: Dial, rng: random.Random) -> None:
 BEHAVIOURS: list[tuple[Callable[[Dial, random.Random], None], int]] = [
     (keep_alive, 10), (pipelined, 3), (leaves_mid_request, 2), (leaves_mid_response, 2),
     (slow_reader, 1), (http10, 2), (close_framed, 1), (bad_request, 1), (expects_continue, 1),
-    (app_cuts_response, 1),
+    (app_cuts_response, 1), (tunnel, 1),
 ]
 
 
@@ -581,6 +614,8 @@ def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     server, admin, restarting = stressed.server, stressed.admin, stressed.configuration.restarting
     assert server.proc is not None
 
+    global TUNNELS_MAY_BE_CUT
+    TUNNELS_MAY_BE_CUT = restarting
     tally = Tally()
     deadline = time.monotonic() + SECONDS
     threads = [threading.Thread(target=client, args=(stressed.dial, SEED + i, deadline, tally), daemon=True)
