@@ -8,10 +8,11 @@ slow readers, bad requests, upgraded connections (101), and clients that leave
 in the middle of a request or of a response, closing or resetting.  Every answer that a client waits for
 is checked byte for byte; afterwards the server must still be up and serving,
 must have let every client connection go, must show no busy process in its
-pool, and must have logged no traceback.  Six configurations: the defaults;
+pool, and must have logged no traceback.  Seven configurations: the defaults;
 no io_uring with busy polling; restarts every half second with recycled
 processes and buffered uploads; TLS; a known concurrency, where requests queue;
-apps on Unix sockets (the Kuria protocol).
+apps on Unix sockets (the Kuria protocol); and a second app beside the first
+whose processes the clients make exit, which the first must not notice.
 
 A failure names the client and the exchange, and ``STRESS_SEED=<seed>``
 replays the same choices (not the same timing).  ``STRESS_SECONDS`` makes the
@@ -28,6 +29,7 @@ import signal
 import socket
 import ssl
 import struct
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -461,6 +463,37 @@ def tunnel(dial: Dial, rng: random.Random) -> None:
         conn.close(reset=rng.random() < 0.3)
 
 
+def crasher(dial: Dial, rng: random.Random) -> None:
+    """Requests to a second app, "doomed" (mounted at /doomed), whose processes are made to exit now and then.
+
+    /doomed/exit gets 502 (its process dies without answering).  An upload to /doomed/echo is answered whole;
+    or, if another client's /exit killed its process under it, it gets 502, or (the head sent, the body not)
+    a 200 cut short by a close.  The main app must not notice."""
+    conn = dial()
+    try:
+        if rng.random() < 0.3:
+            conn.send(request("GET", "/doomed/exit"))
+            r = conn.response()
+            assert r.status == 502, r
+            return
+        body = rng.randbytes(rng.randint(0, 5000))
+        conn.send(request("POST", "/doomed/echo", body))
+        head = conn.read_until(b"\r\n\r\n").decode("latin-1")
+        status = int(head.split(" ", 2)[1])
+        assert status in (200, 502), head
+        length = int(next(line.split(":", 1)[1] for line in head.split("\r\n")
+                          if line.lower().startswith("content-length:")))
+        try:
+            answer = conn.read_exactly(length)
+        except Closed:
+            assert status == 200, head  # the server's own 502 page is always whole
+            return
+        if status == 200:
+            assert json.loads(answer)["body_sha256"] == hashlib.sha256(body).hexdigest(), answer
+    finally:
+        conn.close()
+
+
 BAD_REQUESTS = [
     b"GARBAGE\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
@@ -499,9 +532,10 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def client(dial: Dial, seed: int, deadline: float, tally: Tally) -> None:
+def client(dial: Dial, seed: int, deadline: float, tally: Tally,
+           mix: list[tuple[Callable[[Dial, random.Random], None], int]] = BEHAVIOURS) -> None:
     rng = random.Random(seed)
-    behaviours, weights = zip(*BEHAVIOURS, strict=True)
+    behaviours, weights = zip(*mix, strict=True)
     step = 0
     while time.monotonic() < deadline:
         behaviour = rng.choices(behaviours, weights)[0]
@@ -536,6 +570,8 @@ class Configuration:
     tls: bool = False
     #: The apps speak the Kuria protocol and listen on Unix sockets (kuria_echo_app.py, echo_app's endpoints).
     kuria: bool = False
+    #: A second app, "doomed" at /doomed, whose processes the clients make exit (``crasher``).
+    crashing: bool = False
 
 
 CONFIGURATIONS = {
@@ -549,6 +585,7 @@ CONFIGURATIONS = {
     # leave while theirs waits, and uploads are buffered (the default for a known concurrency).
     "queued": Configuration(["--concurrency", "2"]),
     "unix-socket-apps": Configuration(kuria=True),
+    "crashing-neighbour": Configuration(crashing=True),
 }
 
 
@@ -582,15 +619,38 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
         args += ["--ssl", "--ssl-certificate", str(cert), "--ssl-certificate-key", str(key)]
         context = ssl.create_default_context()
         ca.configure_trust(context)
-    if configuration.kuria:
-        app = ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_echo_app.py",
-               "--app-supports-kuria-protocol"]
+    if configuration.crashing:  # two apps: a config file (the per-app options go in it)
+        config = tmp_path / "passenger.toml"
+        config.write_text(textwrap.dedent(f"""
+            min_instances = 2
+            max_pool_size = 5
+            instance_registry_dir = "{registry}"
+
+            [[app]]
+            name = "{ECHO_GROUP}"
+            root = "{APPS}"
+            start_command = "{APP_PYTHON} echo_app.py"
+            static_files_dir = "{static}"
+
+            [[app]]
+            name = "doomed"
+            root = "{APPS}"
+            start_command = "{APP_PYTHON} echo_app.py"
+            base_uri = "/doomed"
+            """))
+        server = Server(tmp_path, ["--config", str(config), *configuration.args])
+        ready = 4
     else:
-        app = echo_app_args()
-    server = Server(tmp_path, [*app, "--min-instances", "2", "--max-pool-size", "3",
-                               "--instance-registry-dir", str(registry), *args])
+        if configuration.kuria:
+            app = ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_echo_app.py",
+                   "--app-supports-kuria-protocol"]
+        else:
+            app = echo_app_args()
+        server = Server(tmp_path, [*app, "--min-instances", "2", "--max-pool-size", "3",
+                                   "--instance-registry-dir", str(registry), *args])
+        ready = 2
     try:
-        server.start(ready=2)
+        server.start(ready=ready)
         yield Stressed(server, unix_admin(registry, server), configuration, context)
     finally:
         server.kill()
@@ -618,7 +678,8 @@ def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     TUNNELS_MAY_BE_CUT = restarting
     tally = Tally()
     deadline = time.monotonic() + SECONDS
-    threads = [threading.Thread(target=client, args=(stressed.dial, SEED + i, deadline, tally), daemon=True)
+    mix = [*BEHAVIOURS, (crasher, 3)] if stressed.configuration.crashing else BEHAVIOURS
+    threads = [threading.Thread(target=client, args=(stressed.dial, SEED + i, deadline, tally, mix), daemon=True)
                for i in range(CLIENTS)]
     for thread in threads:
         thread.start()
@@ -631,7 +692,10 @@ def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     print(f"seed {SEED}: {sum(tally.done.values())} connections used ({dict(tally.done)}); slowest "
           f"{tally.slowest[0]:.2f}s ({tally.slowest[1]}); restarts: {dict(Counter(restarts))}")
     assert not tally.failures, "\n".join(tally.failures) + f"\n(STRESS_SEED={SEED})"
-    assert set(tally.done) == {b.__name__ for b, _ in BEHAVIOURS}, tally.done  # each ran at least once
+    assert set(tally.done) == {b.__name__ for b, _ in mix}, tally.done  # each ran at least once
+    if stressed.configuration.crashing:  # each death named, with its app and pid
+        server.wait_log(r"Process \d+ of doomed closed the connection without answering")
+        server.wait_log(r"Process \d+ of doomed exited")
     if restarting:
         assert len(restarts) >= 4, restarts
         server.wait_log(r"Restarting \S+ \(rolling\)")
