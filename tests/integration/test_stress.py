@@ -12,7 +12,8 @@ pool, and must have logged no traceback.  Seven configurations: the defaults;
 no io_uring with busy polling; restarts every half second with recycled
 processes and buffered uploads; TLS; a known concurrency, where requests queue;
 apps on Unix sockets (the Kuria protocol); and a second app beside the first
-whose processes the clients make exit, which the first must not notice.
+whose processes the clients make exit and whose settings reloads change, which
+the first must not notice.
 
 A failure names the client and the exchange, and ``STRESS_SEED=<seed>``
 replays the same choices (not the same timing).  ``STRESS_SECONDS`` makes the
@@ -570,7 +571,7 @@ class Configuration:
     tls: bool = False
     #: The apps speak the Kuria protocol and listen on Unix sockets (kuria_echo_app.py, echo_app's endpoints).
     kuria: bool = False
-    #: A second app, "doomed" at /doomed, whose processes the clients make exit (``crasher``).
+    #: A second app, "doomed" at /doomed, whose processes the clients make exit (``crasher``), and reloads.
     crashing: bool = False
 
 
@@ -585,8 +586,21 @@ CONFIGURATIONS = {
     # leave while theirs waits, and uploads are buffered (the default for a known concurrency).
     "queued": Configuration(["--concurrency", "2"]),
     "unix-socket-apps": Configuration(kuria=True),
+    # ... and reloaded (SIGHUP) every half second, with its settings changed every other time.
     "crashing-neighbour": Configuration(crashing=True),
 }
+
+
+@dataclass
+class Reloadable:
+    """A config file whose text has one ``%d``: the round, which changes the doomed app's settings."""
+
+    path: Path
+    text: str
+
+    def write(self, round_: int) -> Path:
+        self.path.write_text(self.text % round_)
+        return self.path
 
 
 @dataclass
@@ -595,6 +609,7 @@ class Stressed:
     admin: Admin
     configuration: Configuration
     tls: ssl.SSLContext | None
+    config: Reloadable | None = None
 
     def dial(self, receive_buffer: int | None = None) -> Connection:
         return Connection(self.server.port, self.tls, receive_buffer)
@@ -619,9 +634,9 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
         args += ["--ssl", "--ssl-certificate", str(cert), "--ssl-certificate-key", str(key)]
         context = ssl.create_default_context()
         ca.configure_trust(context)
+    config = None
     if configuration.crashing:  # two apps: a config file (the per-app options go in it)
-        config = tmp_path / "passenger.toml"
-        config.write_text(textwrap.dedent(f"""
+        config = Reloadable(tmp_path / "passenger.toml", textwrap.dedent(f"""
             min_instances = 2
             max_pool_size = 5
             instance_registry_dir = "{registry}"
@@ -637,8 +652,9 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
             root = "{APPS}"
             start_command = "{APP_PYTHON} echo_app.py"
             base_uri = "/doomed"
+            envvars = {{ ROUND = "%d" }}
             """))
-        server = Server(tmp_path, ["--config", str(config), *configuration.args])
+        server = Server(tmp_path, ["--config", str(config.write(0)), *configuration.args])
         ready = 4
     else:
         if configuration.kuria:
@@ -651,7 +667,7 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
         ready = 2
     try:
         server.start(ready=ready)
-        yield Stressed(server, unix_admin(registry, server), configuration, context)
+        yield Stressed(server, unix_admin(registry, server), configuration, context, config)
     finally:
         server.kill()
 
@@ -670,6 +686,19 @@ def restart_until(server: Server, admin: Admin, deadline: float, done: list[str]
             done.append("blocking")
 
 
+def reload_until(server: Server, config: Reloadable, deadline: float, done: list[str]) -> None:
+    """Every half second a SIGHUP: in turn, with the configuration unchanged and with the doomed app's changed."""
+    assert server.proc is not None
+    while time.monotonic() + 0.5 < deadline:
+        time.sleep(0.5)  # the pace of the reloads, not a wait for anything
+        if len(done) % 2:
+            config.write(len(done))
+            done.append("changed")
+        else:
+            done.append("unchanged")
+        server.proc.send_signal(signal.SIGHUP)
+
+
 def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     server, admin, restarting = stressed.server, stressed.admin, stressed.configuration.restarting
     assert server.proc is not None
@@ -686,16 +715,21 @@ def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     restarts: list[str] = []
     if restarting:
         restart_until(server, admin, deadline, restarts)
+    elif stressed.config is not None:
+        reload_until(server, stressed.config, deadline, restarts)
     for thread in threads:
         thread.join(SECONDS + 4 * STUCK_S)
     assert not any(t.is_alive() for t in threads), "a client is still running"
     print(f"seed {SEED}: {sum(tally.done.values())} connections used ({dict(tally.done)}); slowest "
-          f"{tally.slowest[0]:.2f}s ({tally.slowest[1]}); restarts: {dict(Counter(restarts))}")
+          f"{tally.slowest[0]:.2f}s ({tally.slowest[1]}); restarts or reloads: {dict(Counter(restarts))}")
     assert not tally.failures, "\n".join(tally.failures) + f"\n(STRESS_SEED={SEED})"
     assert set(tally.done) == {b.__name__ for b, _ in mix}, tally.done  # each ran at least once
-    if stressed.configuration.crashing:  # each death named, with its app and pid
+    if stressed.configuration.crashing:  # each death named, with its app and pid; the reloads took
         server.wait_log(r"Process \d+ of doomed closed the connection without answering")
         server.wait_log(r"Process \d+ of doomed exited")
+        server.wait_log(r"Reload: the configuration is unchanged")
+        server.wait_log(r"Reload: the settings of doomed changed; restarting it")
+        assert "settings of apps changed" not in server.log()
     if restarting:
         assert len(restarts) >= 4, restarts
         server.wait_log(r"Restarting \S+ \(rolling\)")
