@@ -3,17 +3,18 @@
 The other integration tests check one behaviour at a time.  Here 24 client
 threads, each with its own seeded random choices, mix every way a client can
 use a connection for several seconds: keep-alive exchanges of every kind of
-body and framing (static files and their ranges too), pipelined requests, writes split at random places, HTTP/1.0,
-slow readers, bad requests, upgraded connections (101), and clients that leave
-in the middle of a request or of a response, closing or resetting.  Every answer that a client waits for
-is checked byte for byte; afterwards the server must still be up and serving,
-must have let every client connection go, must show no busy process in its
-pool, and must have logged no traceback.  Seven configurations: the defaults;
-no io_uring with busy polling; restarts every half second with recycled
-processes and buffered uploads; TLS; a known concurrency, where requests queue;
-apps on Unix sockets (the Kuria protocol); and a second app beside the first
-whose processes the clients make exit and whose settings reloads change, which
-the first must not notice.
+body and framing (static files and their ranges too), pipelined requests,
+writes split at random places, HTTP/1.0, slow readers, bad requests, upgraded
+connections (101), and clients that leave in the middle of a request or of a
+response, closing or resetting.  Every answer that a client waits for is
+checked byte for byte; afterwards the server must still be up and serving, must
+have let every client connection go, must show no busy process in its pool,
+and must have logged no traceback.  Eight configurations: the defaults; no
+io_uring with busy polling; restarts every half second with recycled processes
+and buffered uploads; TLS; a known concurrency, where requests queue; apps on
+Unix sockets (the Kuria protocol); Node.js apps; and a second app beside the
+first whose processes the clients make exit and whose settings reloads change,
+which the first must not notice.
 
 A failure names the client and the exchange, and ``STRESS_SEED=<seed>``
 replays the same choices (not the same timing).  ``STRESS_SECONDS`` makes the
@@ -569,8 +570,8 @@ class Configuration:
     restarting: bool = False
     #: Serve HTTPS (a trustme certificate), and the clients speak TLS.
     tls: bool = False
-    #: The apps speak the Kuria protocol and listen on Unix sockets (kuria_echo_app.py, echo_app's endpoints).
-    kuria: bool = False
+    #: The app's options, when not echo_app.py's (another app with echo_app's endpoints).
+    app: list[str] | None = None
     #: A second app, "doomed" at /doomed, whose processes the clients make exit (``crasher``), and reloads.
     crashing: bool = False
 
@@ -585,7 +586,10 @@ CONFIGURATIONS = {
     # Two requests at a time per process, at most three processes: requests wait in the queue, clients
     # leave while theirs waits, and uploads are buffered (the default for a known concurrency).
     "queued": Configuration(["--concurrency", "2"]),
-    "unix-socket-apps": Configuration(kuria=True),
+    # Apps on Unix sockets (kuria_echo_app.py), and Node.js apps (node_echo_app.js): echo_app's endpoints.
+    "unix-socket-apps": Configuration(app=["--app-root", str(APPS), "--app-start-command",
+                                           f"{APP_PYTHON} kuria_echo_app.py", "--app-supports-kuria-protocol"]),
+    "node-apps": Configuration(app=["--app-root", str(APPS), "--app-start-command", "node node_echo_app.js"]),
     # ... and reloaded (SIGHUP) every half second, with its settings changed every other time.
     "crashing-neighbour": Configuration(crashing=True),
 }
@@ -657,11 +661,7 @@ def stressed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stresse
         server = Server(tmp_path, ["--config", str(config.write(0)), *configuration.args])
         ready = 4
     else:
-        if configuration.kuria:
-            app = ["--app-root", str(APPS), "--app-start-command", f"{APP_PYTHON} kuria_echo_app.py",
-                   "--app-supports-kuria-protocol"]
-        else:
-            app = echo_app_args()
+        app = configuration.app or echo_app_args()
         server = Server(tmp_path, [*app, "--min-instances", "2", "--max-pool-size", "3",
                                    "--instance-registry-dir", str(registry), *args])
         ready = 2
