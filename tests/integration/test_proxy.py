@@ -798,37 +798,54 @@ def until_closed(request: bytes, port: int) -> tuple[bytes, bytes, str]:
     return head, body, how
 
 
+@pytest.fixture(scope="module")
+def node_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of one tests/apps/node_echo_app.js process: echo_app's endpoints, Node's framing."""
+    server = start_server(tmp_path_factory.mktemp("node-echo"), [
+        "--app-root", str(APPS), "--app-start-command", "node node_echo_app.js",
+        "--min-instances", "1", "--max-pool-size", "1"])
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["python", "node"])
+def either(request: pytest.FixtureRequest) -> Server:
+    """The echo app in Python, then in Node.js (the same endpoints)."""
+    server: Server = request.getfixturevalue("echo" if request.param == "python" else "node_echo")
+    return server
+
+
 def chunks(count: int) -> bytes:
     """echo_app's /chunked pieces, each framed as a chunk."""
     return b"".join(b"%x\r\n%s\r\n" % (len(b"chunk-%d\n" % i), b"chunk-%d\n" % i) for i in range(count))
 
 
-def test_a_length_framed_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(echo: Server) -> None:
-    head, body, how = until_closed(b"GET /lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+def test_a_length_framed_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(either: Server) -> None:
+    head, body, how = until_closed(b"GET /lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n", either.port)
     assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 320000" in head.lower(), head
     assert body == b"".join(b"%015x\n" % i for i in range(3000)), "every byte the app sent, and no more"
     assert how == "closed", "a plain close: the length already tells the client the response is short"
-    echo.wait_log(r"Process \d+ of \S+ closed the connection in the middle of a response")
+    either.wait_log(r"Process \d+ of \S+ closed the connection in the middle of a response")
 
 
-def test_a_chunked_response_the_app_cuts_arrives_without_its_last_chunk_then_closes(echo: Server) -> None:
-    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+def test_a_chunked_response_the_app_cuts_arrives_without_its_last_chunk_then_closes(either: Server) -> None:
+    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.1\r\nHost: t\r\n\r\n", either.port)
     assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower(), head
     assert body == chunks(5), "the chunks the app sent, and no last chunk"
     assert how == "closed"
 
 
-def test_a_broken_chunk_ends_the_response_after_the_good_ones(echo: Server) -> None:
-    head, body, how = until_closed(b"GET /chunked?n=5&then=bad HTTP/1.1\r\nHost: t\r\n\r\n", echo.port)
+def test_a_broken_chunk_ends_the_response_after_the_good_ones(either: Server) -> None:
+    head, body, how = until_closed(b"GET /chunked?n=5&then=bad HTTP/1.1\r\nHost: t\r\n\r\n", either.port)
     assert head.startswith(b"HTTP/1.1 200 "), head
     assert body == chunks(5), "the good chunks; nothing of the broken one, and no last chunk"
     assert how == "closed"
-    echo.wait_log(r"Process \d+ of \S+ sent an invalid response")
+    either.wait_log(r"Process \d+ of \S+ sent an invalid response")
 
 
-def test_an_http10_client_whose_response_the_app_cuts_is_reset(echo: Server) -> None:
+def test_an_http10_client_whose_response_the_app_cuts_is_reset(either: Server) -> None:
     """Without a length or chunks, the close ends an HTTP/1.0 body: a plain close would pass the part for whole."""
-    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.0\r\n\r\n", echo.port)
+    head, body, how = until_closed(b"GET /chunked?n=5&then=cut HTTP/1.0\r\n\r\n", either.port)
     assert head.startswith(b"HTTP/1.1 200 ") and b"content-length" not in head.lower(), head
     assert b"".join(b"chunk-%d\n" % i for i in range(5)).startswith(body), body
     assert how == "reset"
