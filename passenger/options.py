@@ -487,8 +487,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_request_time", seconds("= no limit"), 0.0,
             "Seconds a request may run; beyond that 504 and its process is replaced. 0 = no limit.",
             passenger="`max_request_time` (Enterprise)",
-            details="A request running longer gets 504 (or its connection cut, if the response began) and its process "
-            "is replaced at once. `0` = no limit."),
+            details="A request running longer gets 504 and its process is replaced at once. If the response had "
+            "begun, what was sent arrives and the connection then closes short of it. `0` = no limit."),
     # Sticky sessions.
     Setting("sticky_sessions", flag, False, "Send a client back to the process that served it before (a cookie).",
             is_flag=True,
