@@ -569,7 +569,7 @@ class _Exchange:
         self._maybe_end()
 
     def _broken(self, why: str, reason: Failure | None = None) -> None:
-        """The response cannot be completed: the client sees its connection cut (never a truncated success)."""
+        """The response cannot be completed: it ends short (``_end_short``), never as a truncated success."""
         group = self.group
         if group is not None:
             group.stats.upstream_errors += 1
@@ -577,7 +577,7 @@ class _Exchange:
                           error=_reason(reason) if reason is not None else "")
         self.answered = True
         self._count()
-        _abort(self.request)
+        _end_short(self.request)
         self._maybe_end()
 
     def _count(self) -> None:
@@ -614,7 +614,7 @@ class _Exchange:
 
     def cut_off(self, status: int = 503, title: str = "Service Unavailable",
                 detail: str = "The server is shutting down.") -> None:
-        """The server gives up on this request: ``status`` if nothing was sent yet, else a cut connection."""
+        """The server gives up on this request: ``status`` if nothing was sent yet, else it ends short."""
         if self.gone or self.answered:
             self._let_go()
             return
@@ -623,7 +623,9 @@ class _Exchange:
         else:
             self.answered = True
             self._count()
-            _abort(self.request)
+            self._let_go()  # the relay stops first: nothing more is written after the close is asked for
+            _end_short(self.request)
+            return
         self._let_go()
 
     def _maybe_end(self) -> None:
@@ -655,6 +657,16 @@ def _trusts(networks: tuple[Any, ...], address: str) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in networks)
+
+
+def _end_short(request: Request) -> None:
+    """A begun response that will not be completed: what was written is delivered and the connection then
+    closes, which its length or its missing last chunk shows to be early.  An HTTP/1.0 response without a
+    length ends at the close itself, so that connection is cut instead: the part must not pass for the whole."""
+    if request.clientproto == b"HTTP/1.0" and not request.responseHeaders.hasHeader(b"content-length"):
+        _abort(request)
+    else:
+        request.loseConnection()
 
 
 def _abort(request: Request) -> None:

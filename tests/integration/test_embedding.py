@@ -27,6 +27,8 @@ import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone, ResponseNeverReceived
@@ -601,6 +603,57 @@ def test_max_request_time_gives_504_and_replaces_the_process(embedded: Callable[
     assert status == 504 and b"max_request_time" in body
     yield until(lambda: server.group.ready and server.group.ready[0].pid != first, what="a new process")
     yield until(lambda: not pid_alive(first), what="the stuck process stopped")
+
+
+class UntilClosed(Protocol):
+    """Sends one request, keeps what comes back, and tells how the server ended the connection."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.ended: Deferred[str] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.ended.callback("closed" if reason.check(ConnectionDone) else f"reset ({reason.getErrorMessage()})")
+
+
+def until_closed(server: Embedded, request: bytes) -> Deferred[tuple[bytes, bytes, str]]:
+    """``request`` on a new connection to the embedding Site: (head, body, "closed" or "reset (...)")."""
+    client = UntilClosed(request)
+
+    @inlineCallbacks
+    def go() -> Generator[Deferred[Any], Any, tuple[bytes, bytes, str]]:
+        yield connectProtocol(TCP4ClientEndpoint(server.reactor, "127.0.0.1", server.port.getHost().port), client)
+        how = yield client.ended
+        head, _, body = client.data.partition(b"\r\n\r\n")
+        return head, body, how
+
+    return go()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(embedded: Callable[..., Embedded]) -> Any:
+    server = embedded()
+    server.top.startService()
+    yield until(lambda: server.group.ready)
+    head, body, how = yield until_closed(server, b"GET /app/lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 320000" in head.lower(), head
+    assert body == b"".join(b"%015x\n" % i for i in range(3000)), len(body)
+    assert how == "closed", "the length shows the response is short: a plain close"
+    # HTTP/1.0 without a length (the app's chunks, which the Site cannot pass on): the close would end the
+    # body, so the connection is cut instead.
+    # What the reset overtakes is lost; what did arrive is the start of the response.
+    head, body, how = yield until_closed(server, b"GET /app/chunked?n=5&then=cut HTTP/1.0\r\n\r\n")
+    assert how.startswith("reset"), how
+    assert b"HTTP/1.0 200 ".startswith(head[:13]) and b"content-length" not in head.lower(), head
+    assert b"".join(b"chunk-%d\n" % i for i in range(5)).startswith(body), body
 
 
 @pytest_twisted.inlineCallbacks
