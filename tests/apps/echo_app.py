@@ -6,8 +6,10 @@
   /sleep?ms=N       answers after N ms (threads: other requests go on)
   /status?code=N    empty answer with that status
   /chunked?n=K      K chunks of "chunk-i\\n" with Transfer-Encoding: chunked
-                    (&then=cut: then close without the last chunk; &then=bad: 0.1 s later an invalid
-                    chunk, then close; &then=hang: then wait &ms=N, 30000 by default, before the last chunk)
+                    (&then=cut: then close without the last chunk; &then=bad: an invalid chunk, then
+                    close, and with &gate=KEY only once /release?gate=KEY came; &then=hang: then wait
+                    &ms=N, 30000 by default, before the last chunk: an app that stalls)
+  /release?gate=KEY lets the response waiting on that gate go on
   /close            body framed by closing the connection (no length, not chunked)
   /bytes?n=N        N bytes of 'x', streamed in 64 KiB pieces with Content-Length
   /lines?n=K        K numbered 16-byte lines ("%015x\n"), in 64 KiB writes: order and loss show
@@ -41,6 +43,13 @@ BASE_URI = os.environ.get("PASSENGER_BASE_URI", "").rstrip("/")
 _in_flight = 0
 _hoard: list[bytearray] = []
 _in_flight_lock = threading.Lock()
+_gates: dict[str, threading.Event] = {}
+
+
+def _gate(key: str) -> threading.Event:
+    """The event /release?gate=KEY sets (made by whichever of the two comes first)."""
+    with _in_flight_lock:
+        return _gates.setdefault(key, threading.Event())
 
 
 def announce_stop() -> None:
@@ -121,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
             while data := self.rfile.read1(65536):
                 self.wfile.write(data)
             return
+        if path == "/release":
+            _gate(query.get("gate", "")).set()
+            return self._send(200, b"released")
         if path == "/pid":
             return self._send(200, str(os.getpid()).encode())
         if path == "/echo":
@@ -164,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(query.get("ms", "30000")) / 1000)
             elif then in ("cut", "bad"):  # ends without its last chunk, or with a broken one
                 if then == "bad":
-                    time.sleep(0.1)  # the good chunks reach the server first, in a read of their own
+                    if "gate" in query:  # the test has read the good chunks: the response has begun
+                        _gate(query["gate"]).wait(30)
                     self.wfile.write(b"zz\r\nnot a chunk\r\n")
                 self.wfile.flush()
                 self.close_connection = True

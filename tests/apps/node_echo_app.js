@@ -4,8 +4,9 @@
 //   /echo            JSON: method, path, headers (raw pairs), body_length, body_sha256
 //   /sleep?ms=N      "slept" after N ms
 //   /status?code=N   an empty answer with that status
-//   /chunked?n=K     K chunks "chunk-i\n" (&then=cut: close without the last chunk; &then=bad: 0.1 s later
-//                    an invalid chunk, then close; &then=hang: wait &ms=N before the last chunk)
+//   /chunked?n=K     K chunks "chunk-i\n" (&then=cut: close without the last chunk; &then=bad: an invalid
+//                    chunk, then close, with &gate=KEY once /release?gate=KEY came; &then=hang: wait &ms=N)
+//   /release?gate=K  lets the response waiting on that gate go on
 //   /close           a body framed by closing the connection
 //   /bytes?n=N       N bytes of "x" with Content-Length, in 64 KiB writes
 //   /lines?n=K       K numbered 16-byte lines (&cut=C: the length says K, the app closes after C)
@@ -18,6 +19,16 @@ const http = require("http");
 
 const port = parseInt(process.env.PORT, 10);
 const PIECE = Buffer.alloc(65536, "x");
+const gates = new Map();  // KEY -> {promise, open}: /release?gate=KEY opens it
+
+function gate(key) {
+  if (!gates.has(key)) {
+    let open;
+    const promise = new Promise((resolve) => { open = resolve; });
+    gates.set(key, { promise, open });
+  }
+  return gates.get(key);
+}
 
 function lines(from, to) {
   let text = "";
@@ -80,10 +91,9 @@ const server = http.createServer((req, res) => {
         } else if (then === "cut") {
           res.socket.end();
         } else if (then === "bad") {
-          setTimeout(() => {
-            res.socket.write("zz\r\nnot a chunk\r\n");
-            res.socket.end();
-          }, 100);
+          const bad = () => res.socket.end("zz\r\nnot a chunk\r\n");
+          if (q.has("gate")) gate(q.get("gate")).promise.then(bad);  // once the test has read the good chunks
+          else bad();
         } else {
           res.end();
         }
@@ -107,6 +117,11 @@ const server = http.createServer((req, res) => {
         else res.end();
         return;
       }
+      case "/release":
+        gate(q.get("gate") || "").open();
+        res.writeHead(200, { "Content-Length": 8 });
+        res.end("released");
+        return;
       case "/exit":
         process.stderr.write("exiting on request\n", () => process.exit(3));
         return;
