@@ -41,6 +41,7 @@ from passenger.config import ConfigError
 from passenger.embed import AppPoolResource, PassengerService, load_config
 from passenger.http.congestion import TCP_CONGESTION
 from tests.integration.conftest import APP_PYTHON, APPS, TWISTD, free_port, kill_server, pid_alive, world_dir
+from tests.integration.test_response_buffering import lines
 from tests.polling import until, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -645,7 +646,7 @@ def test_a_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(embe
     yield until(lambda: server.group.ready)
     head, body, how = yield until_closed(server, b"GET /app/lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 320000" in head.lower(), head
-    assert body == b"".join(b"%015x\n" % i for i in range(3000)), len(body)
+    assert body == lines(3000), len(body)
     assert how == "closed", "the length shows the response is short: a plain close"
     # HTTP/1.0 without a length (the app's chunks, which the Site cannot pass on): the close would end the
     # body, so the connection is cut instead.

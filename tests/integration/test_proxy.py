@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     start_server,
     wait_for,
 )
+from tests.integration.test_response_buffering import lines
 
 MiB = 1024 * 1024
 #: How much the server's resident memory may grow while a large body passes through.
@@ -832,7 +833,7 @@ def chunks(count: int) -> bytes:
 def test_a_length_framed_response_the_app_cuts_arrives_as_sent_then_the_connection_closes(either: Server) -> None:
     head, body, how = until_closed(b"GET /lines?n=20000&cut=3000 HTTP/1.1\r\nHost: t\r\n\r\n", either.port)
     assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 320000" in head.lower(), head
-    assert body == b"".join(b"%015x\n" % i for i in range(3000)), "every byte the app sent, and no more"
+    assert body == lines(3000), "every byte the app sent, and no more"
     assert how == "closed", "a plain close: the length already tells the client the response is short"
     either.wait_log(r"Process \d+ of \S+ closed the connection in the middle of a response")
 

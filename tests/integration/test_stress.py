@@ -54,6 +54,8 @@ from tests.integration.conftest import (
     world_dir,
 )
 from tests.integration.test_admin_api import Admin, unix_admin
+from tests.integration.test_proxy import Client, Response
+from tests.integration.test_response_buffering import lines
 from tests.polling import wait_for
 
 SECONDS = float(os.environ.get("STRESS_SECONDS", "3"))
@@ -68,23 +70,20 @@ class Stuck(AssertionError):
     pass
 
 
-class Closed(AssertionError):
-    """The server closed the connection before what was expected arrived."""
+class Connection(Client):
+    """test_proxy's Client and its strict response reader, over TLS if asked, with the ways a stress client
+    writes and leaves: writes split at random places, a close by RST, and "has the server closed?".
 
-
-class Connection:
-    """A client socket with a read buffer, and an HTTP/1.1 response reader over it."""
+    A connection the server closes too early raises EOFError (from Client's reads); one where nothing comes
+    for STUCK_S raises Stuck."""
 
     def __init__(self, port: int, tls: ssl.SSLContext | None = None, receive_buffer: int | None = None) -> None:
-        sock = socket.socket()
-        sock.settimeout(STUCK_S)
-        if receive_buffer is not None:  # before connecting: shrunk later, below a window already
-            # offered, the kernel drops what arrives over it and stalls in zero-window probes (seconds)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.connect(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = tls.wrap_socket(sock, server_hostname="localhost") if tls is not None else sock
-        self.buffer = b""
+        # Client sets a receive buffer before connecting: shrunk later, below a window already offered, the
+        # kernel drops what arrives over it and stalls in zero-window probes (seconds).
+        super().__init__(port, STUCK_S, receive_buffer)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
 
     def send(self, data: bytes, rng: random.Random | None = None) -> None:
         """Send ``data``, in one write or (with ``rng``) in up to four pieces cut at random places."""
@@ -97,80 +96,22 @@ class Connection:
             self.sock.sendall(data[start:cut])
             start = cut
             if rng.random() < 0.3:
-                time.sleep(0.001)
+                time.sleep(0.001)  # the client's own pace: the server reads the pieces apart
 
     def _fill(self) -> bool:
         try:
-            piece = self.sock.recv(65536)
+            return super()._fill()
         except TimeoutError as e:
             raise Stuck(f"no byte for {STUCK_S}s") from e
-        self.buffer += piece
-        return bool(piece)
-
-    def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buffer:
-            if not self._fill():
-                raise Closed(f"connection closed before {marker!r}; had {self.buffer[:200]!r}")
-        head, _, self.buffer = self.buffer.partition(marker)
-        return head
-
-    def read_exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not self._fill():
-                raise Closed(f"connection closed after {len(self.buffer)} of {size} bytes")
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def read_to_end(self) -> bytes:
-        while self._fill():
-            pass
-        data, self.buffer = self.buffer, b""
-        return data
 
     def closed_by_server(self) -> bool:
         """True if the server closes this connection (nothing more arrives)."""
-        return not self.buffer and not self._fill()
-
-    def response(self, method: str = "GET") -> Response:
-        head = self.read_until(b"\r\n\r\n").decode("latin-1")
-        lines = head.split("\r\n")
-        version, status = lines[0].split(" ", 2)[:2]
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        code = int(status)
-        if method == "HEAD" or code in (204, 304) or 100 <= code < 200:
-            body = b""
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self.read_until(b"\r\n").split(b";")[0], 16)
-                if size == 0:
-                    while self.read_until(b"\r\n"):
-                        pass
-                    break
-                parts.append(self.read_exactly(size))
-                assert self.read_exactly(2) == b"\r\n"
-            body = b"".join(parts)
-        elif "content-length" in headers:
-            body = self.read_exactly(int(headers["content-length"]))
-        else:
-            body = self.read_to_end()
-        return Response(version, code, headers, body)
+        return not self.buf and not self._fill()
 
     def close(self, reset: bool = False) -> None:
         if reset:  # an RST instead of a FIN
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
-
-
-@dataclass
-class Response:
-    version: str
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 def request(method: str, path: str, body: bytes | None = None, chunked: bool = False, close: bool = False,
@@ -251,7 +192,7 @@ def _chunked(rng: random.Random) -> tuple[bytes, str, Check]:
 
 def _head(rng: random.Random) -> tuple[bytes, str, Check]:
     def check(r: Response) -> None:
-        assert r.status == 200 and r.body == b"" and int(r.headers["content-length"]) > 0, r
+        assert r.status == 200 and r.body == b"" and int(r.get("content-length") or 0) > 0, r
     return request("HEAD", "/echo"), "HEAD", check
 
 
@@ -286,10 +227,10 @@ def _static(rng: random.Random) -> tuple[bytes, str, Check]:
 
     def check(r: Response) -> None:
         if headers:
-            assert r.status == 206 and r.headers["content-range"] == f"bytes {first}-{last}/{len(content)}", r
+            assert r.status == 206 and r.get("content-range") == f"bytes {first}-{last}/{len(content)}", r
             wanted = content[first:last + 1]
         else:
-            assert r.status == 200 and int(r.headers["content-length"]) == len(content), r
+            assert r.status == 200 and int(r.get("content-length") or 0) == len(content), r
             wanted = content
         assert r.body == (b"" if method == "HEAD" else wanted), (name, headers, len(r.body))
     return request(method, f"/{name}", headers=headers), method, check
@@ -313,7 +254,7 @@ def keep_alive(dial: Dial, rng: random.Random) -> None:
             if last_closes:
                 data = data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
             conn.send(data, rng)
-            check(conn.response(method))
+            check(conn.read_response(method))
             if last_closes:
                 assert conn.closed_by_server(), "the server kept a Connection: close connection open"
     finally:
@@ -327,7 +268,7 @@ def pipelined(dial: Dial, rng: random.Random) -> None:
         exchanges = [rng.choice([_hello, _chunked, _head, _status, _small_echo, _static])(rng) for _ in range(rng.randint(2, 6))]
         conn.send(b"".join(data for data, _, _ in exchanges), rng)
         for _, method, check in exchanges:
-            check(conn.response(method))
+            check(conn.read_response(method))
     finally:
         conn.close()
 
@@ -353,7 +294,7 @@ def leaves_mid_response(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     conn.send(request("GET", rng.choice([f"/bytes?n={4 * MiB}", f"/f{3 * MiB}.bin"])))
     want = rng.choice([0, 100, 200_000, MiB])
-    while len(conn.buffer) < want and conn._fill():
+    while len(conn.buf) < want and conn._fill():
         pass
     conn.close(reset=rng.random() < 0.5)
 
@@ -364,17 +305,18 @@ def slow_reader(dial: Dial, rng: random.Random) -> None:
     conn = dial(receive_buffer=16384)
     try:
         conn.send(request("GET", f"/bytes?n={size}"))
-        head = conn.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        received = len(conn.buffer)
-        conn.buffer = b""
+        head = conn.read_head()
+        assert head.status == 200, head
+        assert conn.buf == b"x" * len(conn.buf)
+        received = len(conn.buf)
+        conn.buf.clear()
         while received < size:
             piece = conn.sock.recv(rng.choice([4096, 16384]))
             assert piece, f"closed after {received} of {size} bytes"
             assert piece == b"x" * len(piece)
             received += len(piece)
             if rng.random() < 0.05:
-                time.sleep(0.002)
+                time.sleep(0.002)  # the client's own pace: it reads slowly
         assert received == size
     finally:
         conn.close()
@@ -385,7 +327,7 @@ def http10(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     try:
         conn.send(request("GET", "/", version="1.0"), rng)
-        r = conn.response()
+        r = conn.read_response()
         assert r.status == 200 and r.body.startswith(b"Hello from "), r
         assert conn.closed_by_server()
     finally:
@@ -397,7 +339,7 @@ def close_framed(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     try:
         conn.send(request("GET", "/close"))
-        r = conn.response()
+        r = conn.read_response()
         assert r.status == 200 and r.body == b"until the end", r
     finally:
         conn.close()
@@ -411,12 +353,10 @@ def expects_continue(dial: Dial, rng: random.Random) -> None:
             body = rng.randbytes(rng.choice([1, 5000, 200_000]))
             conn.send(request("POST", "/echo", body).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n", 1)
                       [:-len(body)])
-            interim = conn.response()
+            interim = conn.read_head()
             assert interim.status == 100, interim
             conn.send(body, rng)
-            r = conn.response()
-            while r.status == 100:  # one from the app as well would be allowed
-                r = conn.response()
+            r = conn.read_response("POST", interim=[])  # one from the app as well would be allowed
             assert r.status == 200 and json.loads(r.body)["body_sha256"] == hashlib.sha256(body).hexdigest(), r
     finally:
         conn.close()
@@ -428,10 +368,10 @@ def app_cuts_response(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     try:
         conn.send(request("GET", "/lines?n=20000&cut=3000"))
-        head = conn.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 320000" in head.lower(), head
-        body = conn.read_to_end()
-        assert body == b"".join(b"%015x\n" % i for i in range(3000)), (len(body), body[-40:])
+        head = conn.read_head()
+        assert head.status == 200 and head.get("content-length") == "320000", head
+        body = conn._read_to_eof()
+        assert body == lines(3000), (len(body), body[-40:])
     finally:
         conn.close()
 
@@ -446,19 +386,19 @@ def tunnel(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     try:
         conn.send(b"GET /upgrade HTTP/1.1\r\nHost: stress.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        head = conn.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        assert conn.read_exactly(8) == b"welcome\n"
+        head = conn.read_head()
+        assert head.status == 101, head
+        assert conn._read_exact(8) == b"welcome\n"
         for _ in range(rng.randint(1, 6)):
             payload = rng.randbytes(rng.choice([1, 1000, 70_000, 300_000]))
             conn.send(payload, rng)
             try:
-                echoed = conn.read_exactly(len(payload))
-            except Closed:
-                assert payload.startswith(conn.buffer), "what came before the cut is out of order"
+                echoed = conn._read_exact(len(payload))
+            except EOFError:
+                assert payload.startswith(conn.buf), "what came before the cut is out of order"
                 raise
             assert echoed == payload, (len(echoed), len(payload))
-    except (Closed, ConnectionResetError, BrokenPipeError):
+    except (EOFError, ConnectionResetError, BrokenPipeError):
         if not TUNNELS_MAY_BE_CUT:
             raise
     finally:
@@ -475,22 +415,19 @@ def crasher(dial: Dial, rng: random.Random) -> None:
     try:
         if rng.random() < 0.3:
             conn.send(request("GET", "/doomed/exit"))
-            r = conn.response()
+            r = conn.read_response()
             assert r.status == 502, r
             return
         body = rng.randbytes(rng.randint(0, 5000))
         conn.send(request("POST", "/doomed/echo", body))
-        head = conn.read_until(b"\r\n\r\n").decode("latin-1")
-        status = int(head.split(" ", 2)[1])
-        assert status in (200, 502), head
-        length = int(next(line.split(":", 1)[1] for line in head.split("\r\n")
-                          if line.lower().startswith("content-length:")))
+        head = conn.read_head()
+        assert head.status in (200, 502), head
         try:
-            answer = conn.read_exactly(length)
-        except Closed:
-            assert status == 200, head  # the server's own 502 page is always whole
+            answer = conn._read_exact(int(head.get("content-length") or 0))
+        except EOFError:
+            assert head.status == 200, head  # the server's own 502 page is always whole
             return
-        if status == 200:
+        if head.status == 200:
             assert json.loads(answer)["body_sha256"] == hashlib.sha256(body).hexdigest(), answer
     finally:
         conn.close()
@@ -510,7 +447,7 @@ def bad_request(dial: Dial, rng: random.Random) -> None:
     conn = dial()
     try:
         conn.send(rng.choice(BAD_REQUESTS))
-        r = conn.response()
+        r = conn.read_response()
         assert 400 <= r.status < 500 or r.status == 505, r
         assert conn.closed_by_server()
     finally:
@@ -738,7 +675,7 @@ def test_many_clients_doing_everything_at_once(stressed: Stressed) -> None:
     # Still serving, and every connection let go, every process idle.
     conn = stressed.dial()
     conn.send(request("GET", "/"))
-    assert conn.response().status == 200
+    assert conn.read_response().status == 200
     conn.close()
     wait_for(lambda: not held_client_connections(server.port), 10,
              what=f"the server to let every client connection go: {held_client_connections(server.port)}")
